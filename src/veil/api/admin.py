@@ -1,0 +1,78 @@
+"""``/admin``: key management. Every route needs the admin key."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from veil.api.deps import gateway, require_admin
+from veil.auth import KeyInfo, Principal
+
+router = APIRouter(prefix="/admin", tags=["admin"])
+Admin = Annotated[Principal, Depends(require_admin)]
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tenant: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    user: str | None = Field(None, min_length=1, max_length=256)
+
+
+class KeyCreated(BaseModel):
+    id: str
+    key: str = Field(description="The API key. Shown only in this answer; Veil keeps its hash.")
+    tenant: str
+    user: str | None
+    created_at: datetime
+
+
+class KeyOut(BaseModel):
+    id: str
+    prefix: str
+    tenant: str
+    user: str | None
+    created_at: datetime
+    revoked_at: datetime | None
+
+    @classmethod
+    def of(cls, info: KeyInfo) -> KeyOut:
+        return cls(
+            id=info.id,
+            prefix=info.prefix,
+            tenant=info.tenant,
+            user=info.user,
+            created_at=info.created_at,
+            revoked_at=info.revoked_at,
+        )
+
+
+class KeyList(BaseModel):
+    object: str = "list"
+    data: list[KeyOut]
+
+
+@router.post("/keys", status_code=201, response_model=KeyCreated, summary="Issue an API key")
+async def create_key(body: KeyCreate, request: Request, _admin: Admin) -> KeyCreated:
+    issued = await asyncio.to_thread(gateway(request).keys.create, body.tenant, body.user)
+    return KeyCreated(
+        id=issued.id,
+        key=issued.key,
+        tenant=issued.tenant,
+        user=issued.user,
+        created_at=issued.created_at,
+    )
+
+
+@router.get("/keys", response_model=KeyList, summary="List API keys (never the keys themselves)")
+async def list_keys(request: Request, _admin: Admin, tenant: str | None = None) -> KeyList:
+    infos = await asyncio.to_thread(gateway(request).keys.list, tenant)
+    return KeyList(data=[KeyOut.of(i) for i in infos])
+
+
+@router.delete("/keys/{key_id}", response_model=KeyOut, summary="Revoke an API key")
+async def revoke_key(key_id: str, request: Request, _admin: Admin) -> KeyOut:
+    return KeyOut.of(await asyncio.to_thread(gateway(request).keys.revoke, key_id))

@@ -1,0 +1,60 @@
+"""The FastAPI application over a ``Gateway``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+
+import veil
+from veil.api import admin, chat, health
+from veil.api import errors as api_errors
+from veil.api.middleware import RequestMiddleware
+from veil.gateway import Gateway
+
+
+def create_app(gw: Gateway) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await gw.start()
+        try:
+            yield
+        finally:
+            await gw.close()
+
+    app = FastAPI(
+        title="Veil",
+        version=veil.__version__,
+        summary="A private, multi-model AI gateway with an OpenAI-compatible API.",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.gateway = gw
+    app.include_router(chat.router)
+    app.include_router(admin.router)
+    app.include_router(health.router)
+    api_errors.install(app)
+    app.add_middleware(RequestMiddleware, max_body_bytes=gw.config.server.max_body_bytes)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            schema = get_openapi(
+                title=app.title, version=app.version, summary=app.summary, routes=app.routes
+            )
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(
+                chat.chat_schemas()
+            )
+            schema["components"]["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer"}
+            }
+            schema["security"] = [{"bearer": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

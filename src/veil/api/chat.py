@@ -1,0 +1,89 @@
+"""``/v1``: the OpenAI-compatible routes. They convert, call the pipeline, convert back."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.responses import Response, StreamingResponse
+
+from veil.api.deps import authenticate, gateway
+from veil.chat import ChatRequest, parse_chat_request
+from veil.errors import ModelNotFound, VeilError
+from veil.pipeline import ChatResult, RequestContext, route_headers
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+_CHAT_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ChatRequest"}}},
+    }
+}
+
+
+@router.post("/chat/completions", openapi_extra=_CHAT_OPENAPI, summary="Create a chat completion")
+async def chat_completions(request: Request) -> Response:
+    # The body is parsed by hand, not by FastAPI: one pydantic-core pass straight from
+    # bytes, after authentication, with errors that never echo the request's content.
+    gw = gateway(request)
+    principal = await authenticate(request)
+    ctx = RequestContext(request.scope["state"]["request_id"], principal)
+    try:
+        chat = parse_chat_request(await request.body())
+    except VeilError as exc:
+        gw.pipeline.reject(ctx, exc)
+        raise
+    result = await gw.pipeline.chat(ctx, chat)
+    headers = route_headers(result.route)
+    if isinstance(result, ChatResult):
+        return Response(orjson.dumps(result.body), media_type="application/json", headers=headers)
+    headers["cache-control"] = "no-cache"
+    headers["x-accel-buffering"] = "no"
+    return StreamingResponse(_sse(result.chunks), media_type="text/event-stream", headers=headers)
+
+
+async def _sse(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in chunks:
+            yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+        yield b"data: [DONE]\n\n"
+    except VeilError as exc:
+        # Headers are gone; OpenAI's clients raise on an error event in the stream.
+        yield b"data: " + orjson.dumps(exc.to_dict()) + b"\n\n"
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
+
+
+def _model_card(name: str, owned_by: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": owned_by}
+
+
+@router.get("/models", summary="List models")
+async def list_models(request: Request) -> Response:
+    await authenticate(request)
+    data = [_model_card(m.name, m.owned_by) for m in gateway(request).router.models()]
+    for alias in ("auto", "device"):
+        try:
+            route = gateway(request).router.route(alias)
+        except ModelNotFound:
+            continue
+        data.append(_model_card(alias, f"veil ({route.model.name})"))
+    return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
+
+
+@router.get("/models/{model_id:path}", summary="Retrieve a model")
+async def get_model(model_id: str, request: Request) -> Response:
+    await authenticate(request)
+    route = gateway(request).router.route(model_id)
+    card = _model_card(model_id, route.model.owned_by)
+    return Response(orjson.dumps(card), media_type="application/json")
+
+
+def chat_schemas() -> dict[str, Any]:
+    """Components for /openapi.json: the chat request and the models it refers to."""
+    schema = ChatRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    defs = schema.pop("$defs", {})
+    return {"ChatRequest": schema, **defs}

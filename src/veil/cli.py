@@ -1,0 +1,309 @@
+"""The ``veil`` command: serve, keys, config check, ask and chat — thin fronts on the pipeline."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+import veil
+from veil.auth import KeyStore, Principal
+from veil.chat import ChatRequest, Message
+from veil.config import Config, ServerConfig, load_config
+from veil.errors import ConfigError, VeilError
+from veil.home import default_database_url, veil_home
+from veil.pipeline import ChatResult, RequestContext
+
+app = typer.Typer(
+    help="Veil: a private, multi-model AI gateway.", no_args_is_help=True, add_completion=False
+)
+keys_app = typer.Typer(help="Issue, list and revoke API keys.", no_args_is_help=True)
+config_app = typer.Typer(help="Check config files.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(config_app, name="config")
+
+out = Console()
+err = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="YAML config file (default: the embedded defaults)."),
+]
+LOCAL_PRINCIPAL = Principal(tenant="local")
+
+
+def main() -> None:
+    app()
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Turn Veil's errors into a clear message and an exit code, not a traceback."""
+    try:
+        yield
+    except ConfigError as exc:
+        for problem in exc.problems:
+            err.print(f"[red]error[/red] {problem}", highlight=False)
+        raise typer.Exit(2) from None
+    except VeilError as exc:
+        err.print(f"[red]error[/red] {exc.message}", highlight=False)
+        raise typer.Exit(1) from None
+
+
+def _load(path: Path | None) -> Config:
+    return load_config(path)
+
+
+@app.command()
+def version() -> None:
+    """Print Veil's version."""
+    out.print(veil.__version__)
+
+
+# ------------------------------------------------------------------------ serve
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    host: Annotated[
+        str | None, typer.Option(help="Address to listen on [default: 127.0.0.1]")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on [default: 8080]")] = None,
+) -> None:
+    """Run the gateway's HTTP server."""
+    import uvicorn
+
+    from veil.api import create_app
+    from veil.gateway import Gateway
+
+    with _errors():
+        cfg = _load(config)
+        overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+        try:
+            server = ServerConfig.model_validate({**cfg.server.model_dump(), **overrides})
+        except ValidationError:
+            err.print(f"[red]error[/red] invalid --host or --port: {host} {port}", highlight=False)
+            raise typer.Exit(2) from None
+        cfg = cfg.model_copy(update={"server": server})
+        if cfg.server.auth == "none" and not cfg.server.is_loopback():
+            err.print(
+                f"[red]error[/red] server.auth: none is only allowed on a loopback address, "
+                f"not {cfg.server.host}",
+                highlight=False,
+            )
+            raise typer.Exit(2)
+        home = veil_home()
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+        err.print(
+            f"Veil {veil.__version__}: state in {home}, config {config or '(embedded defaults)'}"
+        )
+        gw = Gateway(cfg, home)
+        new_key = gw.keys.setup_admin_key(home)
+    if new_key is not None:
+        err.print(
+            "[bold]Admin key[/bold] (shown once; also saved to "
+            f"{home / 'admin_key'} with mode 0600):\n  {new_key}",
+            highlight=False,
+        )
+    if cfg.server.auth == "none":
+        err.print(
+            "[yellow]warning[/yellow] authentication is off (server.auth: none, loopback only)"
+        )
+    models = ", ".join(m.name for m in gw.router.models())
+    err.print(f"Models: {models}")
+    err.print(f"Listening on http://{cfg.server.host}:{cfg.server.port}/v1  (Ctrl-C to stop)")
+    uvicorn.run(
+        create_app(gw),
+        host=cfg.server.host,
+        port=cfg.server.port,
+        loop="uvloop",
+        http="httptools",
+        access_log=cfg.server.access_log,
+        log_level="info",
+        timeout_graceful_shutdown=10,
+        server_header=False,
+    )
+
+
+# ------------------------------------------------------------------------ keys
+
+
+def _keystore(config: Path | None) -> KeyStore:
+    from veil.store import db
+
+    cfg = _load(config)
+    engine = db.make_engine(cfg.database.url or default_database_url(veil_home()))
+    db.migrate(engine)
+    return KeyStore(engine)
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Option(help="Tenant the key belongs to.")],
+    user: Annotated[str | None, typer.Option(help="User the key acts for.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Issue an API key. The key is printed once; only its hash is stored."""
+    with _errors():
+        issued = _keystore(config).create(tenant, user)
+    err.print(
+        f"Created {issued.id} for tenant {issued.tenant}" + (f", user {user}" if user else "")
+    )
+    err.print("The key is shown only now; store it safely:")
+    out.print(issued.key, highlight=False)
+
+
+@keys_app.command("list")
+def keys_list(
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's keys.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """List API keys (their ids and prefixes, never the keys)."""
+    with _errors():
+        infos = _keystore(config).list(tenant)
+    table = Table("id", "prefix", "tenant", "user", "created", "status")
+    for i in infos:
+        status = f"revoked {i.revoked_at:%Y-%m-%d %H:%M}" if i.revoked_at else "active"
+        table.add_row(
+            i.id, i.prefix + "…", i.tenant, i.user or "", f"{i.created_at:%Y-%m-%d %H:%M}", status
+        )
+    out.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id (key_…), from `veil keys list`.")],
+    config: ConfigOption = None,
+) -> None:
+    """Revoke an API key. A running server stops accepting it within its key cache time."""
+    with _errors():
+        info = _keystore(config).revoke(key_id)
+    err.print(f"Revoked {info.id} (tenant {info.tenant})")
+
+
+# ------------------------------------------------------------------------ config
+
+
+@config_app.command("check")
+def config_check(file: Annotated[Path, typer.Argument(help="The YAML config file.")]) -> None:
+    """Validate a config file; print each problem with file, line and key."""
+    with _errors():
+        cfg = load_config(file)
+    err.print(
+        f"[green]ok[/green] {file}: {len(cfg.providers)} providers, {len(cfg.models)} models",
+        highlight=False,
+    )
+
+
+# ------------------------------------------------------------------------ ask / chat
+
+
+@asynccontextmanager
+async def _local_gateway(config: Path | None) -> AsyncIterator[Any]:
+    from veil.gateway import Gateway
+
+    with err.status("Loading models…"):
+        gw = Gateway(_load(config), veil_home())
+        await gw.start()
+    try:
+        yield gw
+    finally:
+        await gw.close()
+
+
+async def _answer(gw: Any, model: str, messages: list[Message], max_tokens: int | None) -> str:
+    request = ChatRequest(model=model, messages=messages, stream=True, max_tokens=max_tokens)
+    ctx = RequestContext(uuid.uuid4().hex, LOCAL_PRINCIPAL)
+    result = await gw.pipeline.chat(ctx, request)
+    parts: list[str] = []
+    assert not isinstance(result, ChatResult)
+    err.print(
+        f"[dim]{result.route.tier} · {result.route.deployment.provider.name} · "
+        f"{result.route.model.name}[/dim]",
+        highlight=False,
+    )
+    async for chunk in result.chunks:
+        for choice in chunk.get("choices", ()):
+            piece = choice.get("delta", {}).get("content")
+            if piece:
+                parts.append(piece)
+                out.print(piece, end="", highlight=False, markup=False)
+    out.print()
+    return "".join(parts)
+
+
+@app.command()
+def ask(
+    prompt: Annotated[str, typer.Argument(help="What to ask; '-' reads standard input.")],
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="Model name, 'auto' or 'device'.")
+    ] = "auto",
+    system: Annotated[str | None, typer.Option(help="A system prompt.")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Longest answer, in tokens.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Ask one question through the same pipeline the server uses."""
+    text = sys.stdin.read() if prompt == "-" else prompt
+    messages = ([Message(role="system", content=system)] if system else []) + [
+        Message(role="user", content=text)
+    ]
+
+    async def run() -> None:
+        async with _local_gateway(config) as gw:
+            await _answer(gw, model, messages, max_tokens)
+
+    with _errors():
+        asyncio.run(run())
+
+
+@app.command()
+def chat(
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="Model name, 'auto' or 'device'.")
+    ] = "auto",
+    system: Annotated[str | None, typer.Option(help="A system prompt.")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Longest answer, in tokens.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Chat interactively (the conversation lives in memory only; /exit or Ctrl-D ends it)."""
+
+    async def run() -> None:
+        async with _local_gateway(config) as gw:
+            messages = [Message(role="system", content=system)] if system else []
+            err.print("Type a message; /reset clears the conversation, /exit quits.")
+            while True:
+                try:
+                    line = await asyncio.to_thread(input, "> ")
+                except EOFError:
+                    break
+                if line.strip() in ("/exit", "/quit"):
+                    break
+                if line.strip() == "/reset":
+                    messages = messages[:1] if system else []
+                    continue
+                if not line.strip():
+                    continue
+                messages.append(Message(role="user", content=line))
+                try:
+                    answer = await _answer(gw, model, messages, max_tokens)
+                except VeilError as exc:
+                    err.print(f"[red]error[/red] {exc.message}", highlight=False)
+                    messages.pop()
+                    continue
+                messages.append(Message(role="assistant", content=answer))
+
+    with _errors():
+        asyncio.run(run())

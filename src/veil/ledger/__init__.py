@@ -1,0 +1,1 @@
+"""Metering: usage rows (and, later, prices, budgets and the revenue-share ledger)."""

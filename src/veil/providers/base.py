@@ -1,0 +1,67 @@
+"""The provider interface: a normalized chat request in, an answer or a chunk stream out.
+
+An adapter only translates between Veil's OpenAI-shaped request/answer and its upstream's
+wire protocol; the HTTP mechanics (pools, timeouts, error mapping) live in
+``veil.providers.http``. Provider-specific behaviour stays in the provider's own module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from veil.chat import ChatRequest, Usage
+
+
+@dataclass(slots=True)
+class Completion:
+    """A whole answer: an OpenAI ``chat.completion`` dict and the usage it cost."""
+
+    body: dict[str, Any]
+    usage: Usage
+
+
+@dataclass(slots=True)
+class StreamState:
+    """Filled in by a provider while it streams: the usage, once known."""
+
+    usage: Usage = field(default_factory=Usage)
+
+
+class Provider:
+    """Base class of every provider; subclasses implement ``complete`` and ``stream``."""
+
+    name: str
+    tier: str
+    partner: str | None = None
+    cloud: str | None = None
+
+    async def start(self) -> None:
+        """Acquire resources (load a model, open a connection pool)."""
+
+    async def close(self) -> None:
+        """Release them."""
+
+    def ready(self) -> bool:
+        return True
+
+    #: For providers with a local queue: how many requests are admitted now.
+    queue_depth: Callable[[], int] | None = None
+
+    def offered_models(self) -> dict[str, str]:
+        """Models this provider serves without being listed in config: public → upstream."""
+        return {}
+
+    async def complete(self, request: ChatRequest, model: str) -> Completion:
+        raise NotImplementedError
+
+    def stream(
+        self, request: ChatRequest, model: str, state: StreamState
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Yield OpenAI ``chat.completion.chunk`` dicts; set ``state.usage`` by the end.
+
+        Usage-only chunks (``choices: []``) are not yielded: the pipeline emits its own
+        when the caller asked for ``stream_options.include_usage``.
+        """
+        raise NotImplementedError

@@ -1,0 +1,85 @@
+"""Any server speaking OpenAI Chat Completions: Ollama, vLLM, llama.cpp's server, …
+
+The caller's request is forwarded with the deployment's model name; Veil always asks for
+usage when streaming (``stream_options.include_usage``) so every token is metered, and
+strips the usage chunk again unless the caller asked for it. The caller's ``user`` field,
+headers and client address are never forwarded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from veil.chat import ChatRequest, Usage
+from veil.config import OpenAICompatibleProviderConfig
+from veil.errors import UpstreamError
+from veil.providers.base import Completion, Provider, StreamState
+from veil.providers.http import HttpClient
+
+# Fields of ChatRequest that are Veil's business, not the upstream's.
+_NOT_FORWARDED = {"user", "stream_options", "safety_identifier"}
+
+
+class OpenAICompatibleProvider(Provider):
+    def __init__(self, config: OpenAICompatibleProviderConfig) -> None:
+        self.name = config.name
+        self.tier = config.tier
+        self.partner = config.partner
+        self.cloud = config.cloud
+        self._url = config.base_url + "/chat/completions"
+        self._headers = {"content-type": "application/json", **config.headers}
+        if config.api_key is not None:
+            self._headers["authorization"] = "Bearer " + config.api_key.get_secret_value()
+        self._http = HttpClient(config.name, config.timeout, config.max_connections)
+
+    async def start(self) -> None:
+        await self._http.start()
+
+    async def close(self) -> None:
+        await self._http.close()
+
+    def _body(self, request: ChatRequest, model: str) -> dict[str, Any]:
+        body = request.model_dump(exclude_none=True, exclude=_NOT_FORWARDED)
+        body["model"] = model
+        if request.stream:
+            body["stream_options"] = {"include_usage": True}
+        return body
+
+    async def complete(self, request: ChatRequest, model: str) -> Completion:
+        data = await self._http.post_json(self._url, self._body(request, model), self._headers)
+        if not isinstance(data.get("choices"), list):
+            raise UpstreamError(f"provider {self.name} answered without choices")
+        usage = Usage.from_openai(data.get("usage")) or Usage()
+        return Completion(data, usage)
+
+    async def stream(
+        self, request: ChatRequest, model: str, state: StreamState
+    ) -> AsyncIterator[dict[str, Any]]:
+        async with self._http.post_sse(
+            self._url, self._body(request, model), self._headers
+        ) as events:
+            async for data in events:
+                if data == b"[DONE]":
+                    return
+                try:
+                    chunk = orjson.loads(data)
+                except orjson.JSONDecodeError:
+                    raise UpstreamError(
+                        f"provider {self.name} sent an invalid stream event"
+                    ) from None
+                if not isinstance(chunk, dict):
+                    raise UpstreamError(f"provider {self.name} sent an invalid stream event")
+                if "error" in chunk:
+                    raise UpstreamError(f"provider {self.name} reported an error mid-stream")
+                usage = Usage.from_openai(chunk.get("usage"))
+                if usage is not None:
+                    state.usage = usage
+                    chunk.pop("usage", None)
+                if chunk.get("choices"):
+                    if usage is None:
+                        state.usage.completion_tokens += 1
+                    yield chunk
+        raise UpstreamError(f"provider {self.name} closed the stream before it ended")

@@ -1,0 +1,80 @@
+"""The engine and schema migrations.
+
+The gateway uses a synchronous SQLAlchemy engine and calls it from worker threads
+(``asyncio.to_thread``): the hot path never waits on the database except on a key-cache
+miss, and usage rows are written in batches in the background.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import Engine, create_engine, event, select, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from veil.store.models import Meta
+
+_ALEMBIC_INI = Path(__file__).with_name("alembic.ini")
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            # WAL lets `veil keys create` write while the server reads and writes.
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest revision (idempotent)."""
+    cfg = AlembicConfig(str(_ALEMBIC_INI))
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+
+def sessions(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def ping(engine: Engine) -> None:
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+
+
+def get_meta(engine: Engine, key: str) -> str | None:
+    with Session(engine) as s:
+        return s.scalar(select(Meta.value).where(Meta.key == key))
+
+
+def set_meta(engine: Engine, key: str, value: str) -> None:
+    with Session(engine) as s, s.begin():
+        s.merge(Meta(key=key, value=value))
+
+
+def install_salt(engine: Engine) -> str:
+    """The install's secret salt for user pseudonyms, made on first use."""
+    salt = get_meta(engine, "user_salt")
+    if salt is None:
+        with Session(engine) as s, s.begin():
+            existing = s.get(Meta, "user_salt")
+            if existing is None:
+                s.add(Meta(key="user_salt", value=secrets.token_hex(32)))
+        salt = get_meta(engine, "user_salt")
+        assert salt is not None
+    return salt
