@@ -22,6 +22,7 @@ from typing import Any, cast
 
 import httptools
 import uvloop
+
 from _procs import cpu_seconds
 
 _GRACE_SECONDS = 10.0
@@ -179,11 +180,7 @@ class _Client(asyncio.Protocol):
         # Keep one body of each kind, to show what an error said and to let the caller check
         # that a 200 really carried a completion; copying every body would cost too much.
         status = self._parser.get_status_code()
-        want = (
-            self._run.error_sample is None
-            if status != 200
-            else self._run.sample is None
-        )
+        want = self._run.error_sample is None if status != 200 else self._run.sample is None
         self._body = bytearray() if want else None
 
     def on_body(self, body: bytes) -> None:
@@ -238,9 +235,7 @@ def _report(run: _Run) -> dict[str, Any]:
     errors += sum(run.failures.values())
     cpu: dict[str, float | None] = {}
     for name, (before, after) in run.cpu.items():
-        cpu[name] = (
-            None if before is None or after is None else (after - before) / elapsed
-        )
+        cpu[name] = None if before is None or after is None else (after - before) / elapsed
     return {
         "ok": len(lat),
         "errors": errors,
@@ -252,9 +247,7 @@ def _report(run: _Run) -> dict[str, Any]:
         "statuses": {str(k): v for k, v in sorted(run.statuses.items())},
         "failures": dict(run.failures),
         "error_sample": run.error_sample,
-        "sample": run.sample.decode(errors="replace")
-        if run.sample is not None
-        else None,
+        "sample": run.sample.decode(errors="replace") if run.sample is not None else None,
         "cpu": cpu,
     }
 

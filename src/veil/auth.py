@@ -167,7 +167,7 @@ class KeyStore:
             user=user,
             created_at=datetime.now(UTC),
         )
-        with Session(self._engine) as s, s.begin():
+        with Session(self._engine, expire_on_commit=False) as s, s.begin():
             s.add(row)
         return IssuedKey(row.id, key, tenant, user, row.created_at)
 
@@ -182,7 +182,7 @@ class KeyStore:
         return [KeyInfo(r.id, r.prefix, r.tenant, r.user, r.created_at, r.revoked_at) for r in rows]
 
     def revoke(self, key_id: str) -> KeyInfo:
-        with Session(self._engine) as s, s.begin():
+        with Session(self._engine, expire_on_commit=False) as s, s.begin():
             row = s.get(ApiKey, key_id)
             if row is None:
                 raise NotFound(f"no API key with id {key_id!r}", param="key_id")

@@ -20,7 +20,7 @@ Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 
 class _Open(BaseModel):
     # Message parts and tools carry provider-specific fields; keep what the caller sent.
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
 
 class ContentPart(_Open):
@@ -44,14 +44,17 @@ class Message(_Open):
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     include_usage: bool = False
 
 
 class ChatRequest(BaseModel):
-    """``POST /v1/chat/completions`` as OpenAI documents it; unknown fields are rejected."""
+    """``POST /v1/chat/completions`` as OpenAI documents it; unknown fields are rejected.
 
-    model_config = ConfigDict(extra="forbid")
+    Strict: ``"stream": "yes"`` or ``"temperature": "0.5"`` are errors, as they are at OpenAI.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     model: str = Field(min_length=1)
     messages: list[Message] = Field(min_length=1)

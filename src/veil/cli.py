@@ -25,7 +25,11 @@ from veil.home import default_database_url, veil_home
 from veil.pipeline import ChatResult, RequestContext
 
 app = typer.Typer(
-    help="Veil: a private, multi-model AI gateway.", no_args_is_help=True, add_completion=False
+    help="Veil: a private, multi-model AI gateway.",
+    no_args_is_help=True,
+    add_completion=False,
+    # Crash output must never show local variables: they can hold prompts and keys.
+    pretty_exceptions_show_locals=False,
 )
 keys_app = typer.Typer(help="Issue, list and revoke API keys.", no_args_is_help=True)
 config_app = typer.Typer(help="Check config files.", no_args_is_help=True)
@@ -33,7 +37,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(config_app, name="config")
 
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 ConfigOption = Annotated[
     Path | None,
