@@ -13,7 +13,13 @@ from tests.conftest import UPSTREAM_KEY, db_path
 from tests.support.server import VeilServer
 from tests.support.upstream import Upstream
 
-ROUTE_HEADERS = ("x-request-id", "x-veil-tier", "x-veil-provider", "x-veil-model", "x-veil-route-reason")
+ROUTE_HEADERS = (
+    "x-request-id",
+    "x-veil-tier",
+    "x-veil-provider",
+    "x-veil-model",
+    "x-veil-route-reason",
+)
 HI = [{"role": "user", "content": "Say hello in one short sentence."}]
 
 
@@ -29,7 +35,9 @@ def test_models_lists_device_auto_and_configured_models(client: openai.OpenAI) -
 
 
 def test_device_chat_non_streamed(client: openai.OpenAI) -> None:
-    raw = client.chat.completions.with_raw_response.create(model="device", messages=HI, max_tokens=12)
+    raw = client.chat.completions.with_raw_response.create(
+        model="device", messages=HI, max_tokens=12
+    )
     completion = raw.parse()
     assert completion.choices[0].message.role == "assistant"
     assert completion.choices[0].message.content
@@ -57,14 +65,17 @@ def test_device_chat_streamed_with_usage(client: openai.OpenAI) -> None:
     chunks = list(raw.parse())
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text.strip()
-    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage is not None
     assert 0 < chunks[-1].usage.completion_tokens <= 16
     assert any(c.choices and c.choices[0].finish_reason for c in chunks)
     assert len({c.id for c in chunks}) == 1
 
 
 def test_stream_without_include_usage_has_no_usage_chunk(client: openai.OpenAI) -> None:
-    chunks = list(client.chat.completions.create(model="device", messages=HI, max_tokens=4, stream=True))
+    chunks = list(
+        client.chat.completions.create(model="device", messages=HI, max_tokens=4, stream=True)
+    )
     assert all(c.usage is None for c in chunks)
     assert all(c.choices for c in chunks)
 
@@ -73,15 +84,20 @@ def test_max_completion_tokens_is_honoured(client: openai.OpenAI) -> None:
     completion = client.chat.completions.create(
         model="device", messages=HI, max_completion_tokens=3, temperature=0
     )
-    assert completion.usage is not None and completion.usage.completion_tokens <= 3
+    assert completion.usage is not None
+    assert completion.usage.completion_tokens <= 3
     assert completion.choices[0].finish_reason == "length"
 
 
 def test_seed_and_sampling_parameters_are_honoured(client: openai.OpenAI) -> None:
     def sample(seed: int) -> str | None:
-        return client.chat.completions.create(
-            model="device", messages=HI, max_tokens=24, temperature=1.5, top_p=0.95, seed=seed
-        ).choices[0].message.content
+        return (
+            client.chat.completions.create(
+                model="device", messages=HI, max_tokens=24, temperature=1.5, top_p=0.95, seed=seed
+            )
+            .choices[0]
+            .message.content
+        )
 
     assert sample(1234) == sample(1234)
     answers = {sample(s) for s in (1, 2, 3, 4)}
@@ -90,7 +106,9 @@ def test_seed_and_sampling_parameters_are_honoured(client: openai.OpenAI) -> Non
 
 def test_stop_sequence_ends_the_answer(client: openai.OpenAI) -> None:
     messages = [{"role": "user", "content": "Count from 1 to 10, separated by commas."}]
-    free = client.chat.completions.create(model="device", messages=messages, max_tokens=40, temperature=0)
+    free = client.chat.completions.create(
+        model="device", messages=messages, max_tokens=40, temperature=0
+    )
     text = free.choices[0].message.content or ""
     assert "," in text, text
     stopped = client.chat.completions.create(
@@ -108,8 +126,13 @@ def test_openai_compatible_upstream_non_streamed(client: openai.OpenAI, upstream
     completion = raw.parse()
     assert completion.choices[0].message.content == "Hello from upstream."
     assert completion.model == "private-ok"
-    assert completion.usage is not None and completion.usage.total_tokens == 16
-    assert (raw.headers["x-veil-tier"], raw.headers["x-veil-provider"], raw.headers["x-veil-model"]) == (
+    assert completion.usage is not None
+    assert completion.usage.total_tokens == 16
+    assert (
+        raw.headers["x-veil-tier"],
+        raw.headers["x-veil-provider"],
+        raw.headers["x-veil-model"],
+    ) == (
         "private",
         "upstream",
         "ok",
@@ -136,13 +159,17 @@ def test_openai_compatible_stream_is_passed_through_chunk_by_chunk(
     [sent] = upstream.received[before:]
     assert sent.body["stream"] is True
     assert sent.body["stream_options"] == {"include_usage": True}  # Veil always meters
-    deltas = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    deltas = [
+        c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content
+    ]
     assert deltas == ["echo:", " one", " two", " three"]
     assert all(c.usage is None for c in chunks)  # the caller did not ask for usage
     assert chunks[-1].choices[0].finish_reason == "stop"
 
 
-def test_usage_rows_are_written_with_metadata_only(server: VeilServer, client: openai.OpenAI) -> None:
+def test_usage_rows_are_written_with_metadata_only(
+    server: VeilServer, client: openai.OpenAI
+) -> None:
     raw = client.chat.completions.with_raw_response.create(model="private-echo", messages=HI)
     request_id = raw.headers["x-request-id"]
     row = None
@@ -179,18 +206,26 @@ def test_health_ready_metrics_and_openapi(server: VeilServer, client: openai.Ope
     client.chat.completions.create(model="private-ok", messages=HI)
     assert httpx.get(server.url + "/healthz").json() == {"status": "ok"}
     ready = httpx.get(server.url + "/readyz").json()
-    assert ready["status"] == "ready" and ready["checks"]["provider:device"] is True
+    assert ready["status"] == "ready"
+    assert ready["checks"]["provider:device"] is True
     metrics = httpx.get(server.url + "/metrics").text
-    assert 'veil_requests_total{model="private-ok",provider="upstream",status="200",tier="private"}' in metrics
+    assert (
+        'veil_requests_total{model="private-ok",provider="upstream",status="200",tier="private"}'
+        in metrics
+    )
     assert "veil_request_duration_seconds_bucket" in metrics
     assert 'veil_queue_depth{provider="device"}' in metrics
     spec = httpx.get(server.url + "/openapi.json").json()
     assert "/v1/chat/completions" in spec["paths"]
     assert "ChatRequest" in spec["components"]["schemas"]
-    assert spec["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]["application/json"]
+    assert spec["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"][
+        "application/json"
+    ]
 
 
-def test_cli_style_raw_http_also_gets_route_headers(server: VeilServer, admin_headers: dict[str, str]) -> None:
+def test_cli_style_raw_http_also_gets_route_headers(
+    server: VeilServer, admin_headers: dict[str, str]
+) -> None:
     r = httpx.post(
         server.url + "/v1/chat/completions",
         headers=admin_headers,

@@ -49,7 +49,8 @@ default_model: big
     )
     vllm = config.providers[1]
     assert isinstance(vllm, OpenAICompatibleProviderConfig)
-    assert vllm.api_key is not None and vllm.api_key.get_secret_value() == "s3cret"
+    assert vllm.api_key is not None
+    assert vllm.api_key.get_secret_value() == "s3cret"
     assert "s3cret" not in repr(config)
     assert vllm.base_url == "http://10.0.0.5:8000/v1"
     assert config.server.port == 9000
@@ -89,8 +90,10 @@ def test_missing_required_key_points_at_its_mapping() -> None:
 
 def test_unknown_provider_type_is_named() -> None:
     [p] = problems("providers:\n  - {name: x, type: telepathy}\n")
-    assert p.line == 2 and p.key.startswith("providers[0]")
-    assert "llama_cpp" in p.message and "openai_compatible" in p.message
+    assert p.line == 2
+    assert p.key.startswith("providers[0]")
+    assert "llama_cpp" in p.message
+    assert "openai_compatible" in p.message
 
 
 def test_missing_env_secret_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -145,7 +148,8 @@ def test_duplicate_yaml_keys_are_not_silently_merged() -> None:
 
 def test_yaml_syntax_error_has_a_line() -> None:
     [p] = problems("server:\n  port: [1, 2\nmodels: []\n")
-    assert p.line is not None and p.line >= 2
+    assert p.line is not None
+    assert p.line >= 2
     assert p.message.startswith("invalid YAML")
 
 

@@ -78,7 +78,9 @@ def test_body_that_is_not_an_object_is_400(http: httpx.Client) -> None:
         ({"model": "device", "stream": "yes"}, "stream"),
     ],
 )
-def test_bad_fields_are_400_naming_the_field(http: httpx.Client, body: dict[str, Any], param: str) -> None:
+def test_bad_fields_are_400_naming_the_field(
+    http: httpx.Client, body: dict[str, Any], param: str
+) -> None:
     err = error_of(chat(http, **body), 400)
     assert err["param"] == param
     assert param.split("[")[0] in err["message"]
@@ -110,7 +112,10 @@ def test_unknown_route_is_404_in_openai_shape(http: httpx.Client) -> None:
 
 def test_body_over_the_limit_is_413(http: httpx.Client) -> None:
     big = "x" * (4 * 1024 * 1024 + 1)
-    r = http.post("/v1/chat/completions", json={"model": "device", "messages": [{"role": "user", "content": big}]})
+    r = http.post(
+        "/v1/chat/completions",
+        json={"model": "device", "messages": [{"role": "user", "content": big}]},
+    )
     err = error_of(r, 413)
     assert err["code"] == "request_too_large"
 
@@ -153,7 +158,9 @@ def test_fake_429_is_429_with_retry_after(client: openai.OpenAI) -> None:
     ],
 )
 @pytest.mark.parametrize("stream", [False, True])
-def test_upstream_failures_map_to_5xx(http: httpx.Client, model: str, status: int, code: str, stream: bool) -> None:
+def test_upstream_failures_map_to_5xx(
+    http: httpx.Client, model: str, status: int, code: str, stream: bool
+) -> None:
     err = error_of(chat(http, model=model, stream=stream), status)
     assert err["code"] == code
     assert err["type"] == "api_error"

@@ -80,9 +80,14 @@ class Upstream:
         if model.startswith("error-"):
             status = int(model.split("-")[1])
             headers = {"retry-after": "7"} if status == 429 else {}
-            err = {"error": {"message": f"upstream says no; it saw: {last_user}",
-                             "type": "invalid_request_error", "code": f"test_{status}",
-                             "param": "messages"}}
+            err = {
+                "error": {
+                    "message": f"upstream says no; it saw: {last_user}",
+                    "type": "invalid_request_error",
+                    "code": f"test_{status}",
+                    "param": "messages",
+                }
+            }
             return web.json_response(err, status=status, headers=headers)
         if model == "slow":
             await asyncio.sleep(SLOW_SECONDS)
@@ -95,8 +100,13 @@ class Upstream:
                 "object": "chat.completion",
                 "created": int(time.time()),
                 "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                             "finish_reason": "stop"}],
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text},
+                        "finish_reason": "stop",
+                    }
+                ],
             }
             if model != "no-usage":
                 answer["usage"] = usage
@@ -105,19 +115,39 @@ class Upstream:
         await resp.prepare(request)
         words = text.split(" ")
         for i, word in enumerate(words):
-            chunk = {"id": "chatcmpl-upstream", "object": "chat.completion.chunk",
-                     "created": int(time.time()), "model": model,
-                     "choices": [{"index": 0, "delta": {"content": word if i == 0 else " " + word},
-                                  "finish_reason": None}]}
+            chunk = {
+                "id": "chatcmpl-upstream",
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "delta": {"content": word if i == 0 else " " + word},
+                        "finish_reason": None,
+                    }
+                ],
+            }
             await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
             if model == "cut" and i == 1:
                 return resp
-        final = {"id": "chatcmpl-upstream", "object": "chat.completion.chunk", "created": 0,
-                 "model": model, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+        final = {
+            "id": "chatcmpl-upstream",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": model,
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+        }
         await resp.write(b"data: " + json.dumps(final).encode() + b"\n\n")
         if (body.get("stream_options") or {}).get("include_usage") and model != "no-usage":
-            tail = {"id": "chatcmpl-upstream", "object": "chat.completion.chunk", "created": 0,
-                    "model": model, "choices": [], "usage": usage}
+            tail = {
+                "id": "chatcmpl-upstream",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": model,
+                "choices": [],
+                "usage": usage,
+            }
             await resp.write(b"data: " + json.dumps(tail).encode() + b"\n\n")
         await resp.write(b"data: [DONE]\n\n")
         return resp

@@ -90,7 +90,7 @@ class Router:
             found = self._entries.get(self._aliases.get(name, name))
             if found is None:
                 raise ModelNotFound(
-                    f"the model {name!r} does not exist; GET /v1/models lists the models",
+                    f"the model {name[:100]!r} does not exist; GET /v1/models lists the models",
                     param="model",
                 )
             entry, reason = found, "model named in request"

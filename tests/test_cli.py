@@ -1,0 +1,77 @@
+"""`veil ask` and `veil chat` go through the same pipeline as the server."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+
+def run(home: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VEIL_")}
+    env["VEIL_HOME"] = str(home)
+    return subprocess.run(
+        [sys.executable, "-m", "veil", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        input=stdin,
+        timeout=180,
+    )
+
+
+def test_ask_answers_on_the_device_and_meters_it(tmp_path: Path) -> None:
+    result = run(tmp_path, "ask", "What is the capital of France?", "--max-tokens", "24")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip()
+    assert "device" in result.stderr  # the route taken is shown
+    with sqlite3.connect(tmp_path / "veil.db") as conn:
+        tenant, tier, status, tokens = conn.execute(
+            "SELECT tenant, tier, status, completion_tokens FROM usage"
+        ).fetchone()
+    assert (tenant, tier, status) == ("local", "device", 200)
+    assert 0 < tokens <= 24
+
+
+def test_ask_reads_stdin_and_uses_a_configured_model(tmp_path: Path) -> None:
+    config = tmp_path / "veil.yaml"
+    config.write_text("providers: [{name: fake, type: fake}]\n")
+    result = run(
+        tmp_path, "ask", "-", "--model", "fake/echo", "--config", str(config), stdin="alpha beta"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "alpha beta"
+
+
+def test_ask_with_unknown_model_fails_clearly(tmp_path: Path) -> None:
+    result = run(tmp_path, "ask", "hi", "--model", "nope")
+    assert result.returncode == 1
+    assert "the model 'nope' does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_chat_keeps_the_conversation_in_memory(tmp_path: Path) -> None:
+    config = tmp_path / "veil.yaml"
+    config.write_text("providers: [{name: fake, type: fake}]\n")
+    result = run(
+        tmp_path,
+        "chat",
+        "--model",
+        "fake/echo",
+        "--config",
+        str(config),
+        stdin="first line\nsecond\n/exit\n",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("first line") == 1
+    assert "second" in result.stdout
+
+
+def test_bad_config_file_is_reported_with_line(tmp_path: Path) -> None:
+    config = tmp_path / "veil.yaml"
+    config.write_text("providers:\n  - {name: fake, type: fake, colour: red}\n")
+    result = run(tmp_path, "ask", "hi", "--config", str(config))
+    assert result.returncode == 2
+    assert f"{config}:2: providers[0].colour: unknown key" in result.stderr
