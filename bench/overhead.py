@@ -193,7 +193,7 @@ class _Bench:
         if not exe.exists():
             raise BenchError(f"{exe} does not exist: install the project (pip install -e .)")
         home = self.tmp / f"home-{name}"
-        home.mkdir()
+        home.mkdir(exist_ok=True)
         port = free_port()
         cmd = [str(exe), "serve", "--host", "127.0.0.1", "--port", str(port)]
         if config is not None:
@@ -249,24 +249,32 @@ class _Bench:
             return {}
         print(
             f"\nDevice tier: SmolLM2-135M-Instruct Q4_1, {DEVICE_MAX_TOKENS} tokens max, "
-            f"temperature 0, streamed, median of {DEVICE_RUNS}"
+            f"temperature 0, streamed, median of {DEVICE_RUNS} rounds; "
+            f"load average {os.getloadavg()[0]:.2f}"
         )
         print(f"  prompt: {PROMPT!r}")
-        raw = self._raw_device()
-        raw_runs = [Run(**r) for r in raw["runs"]]
-        result: dict[str, Any] = {"raw": raw}
-        _print_device("llama.cpp direct", raw_runs, f"n_threads {raw['n_threads']}")
-        try:
-            veil = self._start_veil("veil-device", None)
-            veil_stream(veil.port, self.key, DEVICE_MAX_TOKENS)  # warm-up, as on the raw side
-            veil_runs = [
-                veil_stream(veil.port, self.key, DEVICE_MAX_TOKENS) for _ in range(DEVICE_RUNS)
-            ]
-            self.children.stop(veil.proc)
-        except (BenchError, RuntimeError, OSError) as exc:
-            problems.append(f"device tier through Veil: {exc}")
+        # Rounds alternate the two sides, so that a change in the machine's other load
+        # during the part hits both alike; only one copy of the model exists at a time.
+        raw_runs: list[Run] = []
+        veil_runs: list[Run] = []
+        n_threads = None
+        for _ in range(DEVICE_RUNS):
+            raw = self._raw_device()
+            n_threads = raw["n_threads"]
+            raw_runs.extend(Run(**r) for r in raw["runs"])
+            try:
+                veil_runs.append(self._veil_device())
+            except (BenchError, RuntimeError, OSError) as exc:
+                problems.append(f"device tier through Veil: {exc}")
+                break
+        result: dict[str, Any] = {
+            "raw": [r.__dict__ for r in raw_runs],
+            "veil": [r.__dict__ for r in veil_runs],
+            "n_threads": n_threads,
+        }
+        _print_device("llama.cpp direct", raw_runs, f"n_threads {n_threads}")
+        if len(veil_runs) < DEVICE_RUNS:
             return result
-        result["veil"] = [r.__dict__ for r in veil_runs]
         _print_device("through Veil", veil_runs, "tokens from the usage chunk")
         raw_tps = statistics.median(r.tokens_per_second for r in raw_runs)
         veil_tps = statistics.median(r.tokens_per_second for r in veil_runs)
@@ -279,8 +287,9 @@ class _Bench:
         return result
 
     def _raw_device(self) -> dict[str, Any]:
+        """One warm-up and one measured run in a fresh process, which exits before Veil starts."""
         log = self.tmp / "device.log"
-        spec = json.dumps({"runs": DEVICE_RUNS, "max_tokens": DEVICE_MAX_TOKENS})
+        spec = json.dumps({"runs": 1, "max_tokens": DEVICE_MAX_TOKENS})
         proc = self.children.spawn(
             [sys.executable, str(HERE / "_device.py"), spec], log=log, stdout_pipe=True
         )
@@ -292,6 +301,15 @@ class _Bench:
             raise BenchError(f"llama.cpp direct failed:\n{log.read_text()[-2000:]}")
         raw: dict[str, Any] = json.loads(out)
         return raw
+
+    def _veil_device(self) -> Run:
+        """The same on the other side: Veil with no config, serving the bundled model."""
+        veil = self._start_veil("veil-device", None)
+        try:
+            veil_stream(veil.port, self.key, DEVICE_MAX_TOKENS)  # warm-up, as on the raw side
+            return veil_stream(veil.port, self.key, DEVICE_MAX_TOKENS)
+        finally:
+            self.children.stop(veil.proc)
 
 
 def _check_sample(mode: str, sample: str | None) -> str | None:

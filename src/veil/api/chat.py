@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -12,6 +12,7 @@ from starlette.responses import Response, StreamingResponse
 from veil.api.deps import authenticate, gateway
 from veil.chat import ChatRequest, parse_chat_request
 from veil.errors import ModelNotFound, VeilError
+from veil.gateway import Gateway
 from veil.pipeline import ChatResult, RequestContext, route_headers
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -26,13 +27,29 @@ _CHAT_OPENAPI: dict[str, Any] = {
 
 @router.post("/chat/completions", openapi_extra=_CHAT_OPENAPI, summary="Create a chat completion")
 async def chat_completions(request: Request) -> Response:
-    # The body is parsed by hand, not by FastAPI: one pydantic-core pass straight from
-    # bytes, after authentication, with errors that never echo the request's content.
-    gw = gateway(request)
-    principal = await authenticate(request)
-    ctx = RequestContext(request.scope["state"]["request_id"], principal)
+    # Normally answered by RequestMiddleware's fast path before FastAPI sees it; this route
+    # documents the endpoint in /openapi.json and serves the same function if reached.
+    return await chat_response(
+        gateway(request),
+        request.scope["state"]["request_id"],
+        request.headers.get("authorization"),
+        request.body,
+    )
+
+
+async def chat_response(
+    gw: Gateway,
+    request_id: str,
+    authorization: str | None,
+    read_body: Callable[[], Awaitable[bytes]],
+) -> Response:
+    """authenticate → parse → pipeline → HTTP response. The body is read only once the
+    caller is known; it is parsed by hand, in one pydantic-core pass straight from bytes,
+    with errors that never echo the request's content."""
+    principal = await gw.pipeline.authenticate(authorization)
+    ctx = RequestContext(request_id, principal)
     try:
-        chat = parse_chat_request(await request.body())
+        chat = parse_chat_request(await read_body())
     except VeilError as exc:
         gw.pipeline.reject(ctx, exc)
         raise

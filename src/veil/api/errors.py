@@ -59,11 +59,15 @@ async def _http_error(_request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
+    return internal_error(exc, request.scope.get("state", {}).get("request_id", "?"))
+
+
+def internal_error(exc: BaseException, request_id: str) -> Response:
+    """A 500 for a bug: logged by type and location, never with its message."""
     frames = traceback.extract_tb(exc.__traceback__)
     where = "; ".join(f"{f.filename}:{f.lineno} in {f.name}" for f in frames[-5:])
-    rid = request.scope.get("state", {}).get("request_id", "?")
-    log.error("unhandled %s on request %s at %s", type(exc).__name__, rid, where)
-    return error_response(VeilError(f"internal error (request id {rid})"))
+    log.error("unhandled %s on request %s at %s", type(exc).__name__, request_id, where)
+    return error_response(VeilError(f"internal error (request id {request_id})"))
 
 
 def install(app: FastAPI) -> None:
