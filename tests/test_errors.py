@@ -194,3 +194,39 @@ def test_fake_stream_cut_mid_way(client: openai.OpenAI) -> None:
 
 def test_method_not_allowed_is_405(http: httpx.Client) -> None:
     error_of(http.get("/v1/chat/completions"), 405)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "status"),
+    [
+        ({"model": "device", "temperature": 5}, openai.BadRequestError, 400),
+        ({"model": "nope"}, openai.NotFoundError, 404),
+        (
+            {"model": "device", "messages": [{"role": "user", "content": "x" * (5 << 20)}]},
+            openai.APIStatusError,
+            413,
+        ),
+        ({"model": "private-429"}, openai.RateLimitError, 429),
+        ({"model": "private-500"}, openai.InternalServerError, 502),
+        ({"model": "unreachable"}, openai.InternalServerError, 503),
+        ({"model": "private-slow"}, openai.InternalServerError, 504),
+    ],
+)
+def test_official_sdk_raises_the_matching_error(
+    client: openai.OpenAI, kwargs: dict[str, Any], error: type[openai.APIStatusError], status: int
+) -> None:
+    with pytest.raises(error) as info:
+        client.chat.completions.create(**{"messages": HI, **kwargs})
+    assert info.value.status_code == status
+    assert info.value.response.headers["x-request-id"]
+
+
+def test_fake_flaky_fails_every_other_call(client: openai.OpenAI) -> None:
+    outcomes = []
+    for _ in range(4):
+        try:
+            client.chat.completions.create(model="fake/flaky", messages=HI)
+            outcomes.append(200)
+        except openai.InternalServerError as exc:
+            outcomes.append(exc.status_code)
+    assert outcomes in ([503, 200, 503, 200], [200, 503, 200, 503])
