@@ -43,6 +43,9 @@ ConfigOption = Annotated[
     Path | None,
     typer.Option("--config", "-c", help="YAML config file (default: the embedded defaults)."),
 ]
+ModelOption = Annotated[str, typer.Option("--model", "-m", help="Model name, 'auto' or 'device'.")]
+SystemOption = Annotated[str | None, typer.Option(help="A system prompt.")]
+MaxTokensOption = Annotated[int | None, typer.Option(help="Longest answer, in tokens.")]
 LOCAL_PRINCIPAL = Principal(tenant="local")
 
 
@@ -252,11 +255,9 @@ async def _answer(gw: Any, model: str, messages: list[Message], max_tokens: int 
 @app.command()
 def ask(
     prompt: Annotated[str, typer.Argument(help="What to ask; '-' reads standard input.")],
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="Model name, 'auto' or 'device'.")
-    ] = "auto",
-    system: Annotated[str | None, typer.Option(help="A system prompt.")] = None,
-    max_tokens: Annotated[int | None, typer.Option(help="Longest answer, in tokens.")] = None,
+    model: ModelOption = "auto",
+    system: SystemOption = None,
+    max_tokens: MaxTokensOption = None,
     config: ConfigOption = None,
 ) -> None:
     """Ask one question through the same pipeline the server uses."""
@@ -275,11 +276,9 @@ def ask(
 
 @app.command()
 def chat(
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="Model name, 'auto' or 'device'.")
-    ] = "auto",
-    system: Annotated[str | None, typer.Option(help="A system prompt.")] = None,
-    max_tokens: Annotated[int | None, typer.Option(help="Longest answer, in tokens.")] = None,
+    model: ModelOption = "auto",
+    system: SystemOption = None,
+    max_tokens: MaxTokensOption = None,
     config: ConfigOption = None,
 ) -> None:
     """Chat interactively (the conversation lives in memory only; /exit or Ctrl-D ends it)."""

