@@ -43,6 +43,11 @@ providers:
     api_key: env:TEST_UPSTREAM_KEY
     timeout: {{connect: 2, read: 1.5, total: 30}}
   - {{name: down, type: openai_compatible, base_url: "http://127.0.0.1:{dead}/v1"}}
+  - name: upstream-headers
+    type: openai_compatible
+    base_url: {upstream.base_url}
+    api_key: env:TEST_UPSTREAM_KEY
+    headers: {{X-Team: env:TEST_UPSTREAM_KEY, Authorization: "Bearer must-not-be-sent"}}
 models:
   - {{name: private-ok, aliases: [private], deployments: [{{provider: upstream, model: ok}}]}}
   - {{name: private-echo, deployments: [{{provider: upstream, model: echo}}]}}
@@ -56,6 +61,7 @@ models:
   - {{name: private-bad-json, deployments: [{{provider: upstream, model: invalid-json}}]}}
   - {{name: private-cut, deployments: [{{provider: upstream, model: cut}}]}}
   - {{name: unreachable, deployments: [{{provider: down, model: anything}}]}}
+  - {{name: private-headers, deployments: [{{provider: upstream-headers, model: ok}}]}}
 """
 
 

@@ -79,6 +79,23 @@ def test_canaries_never_reach_disk_db_or_logs(canary_server: VeilServer) -> None
         list(client.chat.completions.create(model="private-cut", messages=say("cut"), stream=True))
     assert "CANARY" not in str(info.value)
 
+    # A bug whose exception message quotes the prompt: 500 with a request id, nothing logged.
+    r = httpx.post(
+        url + "/v1/chat/completions",
+        headers=admin,
+        json={"model": "fake/crash", "messages": say("crash")},
+    )
+    assert r.status_code == 500
+    assert "CANARY" not in r.text
+    assert r.headers["x-request-id"] in r.json()["error"]["message"]
+    r = httpx.post(
+        url + "/v1/chat/completions",
+        headers=admin,
+        json={"model": "fake/crash", "messages": say("crash-stream"), "stream": True},
+    )
+    assert r.status_code == 200  # the stream had started; it ends without [DONE]
+    assert "[DONE]" not in r.text
+
     # Invalid requests: the canary is in a bad value, a bad field name, or broken JSON.
     bad_bodies = [
         {"model": "device", "messages": say("bad-temp"), "temperature": canary("temp-value")},
@@ -139,6 +156,7 @@ def test_canaries_never_reach_disk_db_or_logs(canary_server: VeilServer) -> None
     assert httpx.get(url + "/healthz").status_code == 200
     canary_server.stop()
 
+    assert "unhandled RuntimeError" in canary_server.log  # the bugs were logged, as metadata
     written = everything_written(canary_server)
     assert b"CANARY" not in written, [c for c in sent if c.encode() in written] or "a canary"
     rows = (

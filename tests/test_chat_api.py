@@ -248,3 +248,36 @@ def test_assistant_and_system_messages_and_content_parts(client: openai.OpenAI, 
         ],
     )
     assert "second" in (completion.choices[0].message.content or "")
+
+
+def test_configured_headers_take_env_secrets_and_never_duplicate_auth(
+    client: openai.OpenAI, upstream: Upstream
+) -> None:
+    before = len(upstream.received)
+    client.chat.completions.create(model="private-headers", messages=HI)
+    [sent] = upstream.received[before:]
+    assert sent.headers["X-Team"] == UPSTREAM_KEY
+    assert sent.headers["Authorization"] == f"Bearer {UPSTREAM_KEY}"
+    assert "must-not-be-sent" not in str(sent.headers)
+
+
+def test_aliases_and_auto_name_what_they_resolve_to(client: openai.OpenAI) -> None:
+    listed = {m.id: m.owned_by for m in client.models.list()}
+    assert listed["auto"] == listed["device"] == "veil (smollm2-135m-instruct)"
+    assert client.models.retrieve("auto").owned_by == listed["auto"]
+    assert client.models.retrieve("private").owned_by == "veil (private-ok)"
+    assert client.models.retrieve("private-ok").owned_by == "upstream"
+
+
+def test_device_refuses_parameters_it_cannot_honour(client: openai.OpenAI) -> None:
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="device", messages=HI, tools=[tool])  # type: ignore[list-item]
+    assert info.value.code == "unsupported_parameter"
+    assert info.value.param == "tools"
+
+
+def test_database_is_readable_by_its_owner_only(server: VeilServer) -> None:
+    import stat
+
+    assert stat.S_IMODE(db_path(server.home).stat().st_mode) == 0o600

@@ -75,3 +75,27 @@ def test_bad_config_file_is_reported_with_line(tmp_path: Path) -> None:
     result = run(tmp_path, "ask", "hi", "--config", str(config))
     assert result.returncode == 2
     assert f"{config}:2: providers[0].colour: unknown key" in result.stderr
+
+
+def test_serve_with_a_broken_model_file_fails_cleanly(tmp_path: Path) -> None:
+    model = tmp_path / "broken.gguf"
+    model.write_bytes(b"GGUF but not really")
+    config = tmp_path / "veil.yaml"
+    config.write_text(f"providers: [{{name: device, type: llama_cpp, model_path: {model}}}]\n")
+    result = run(tmp_path, "serve", "--config", str(config), "--port", "1")
+    assert result.returncode == 1
+    assert "cannot load the device model" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "Listening" not in result.stderr
+
+
+def test_default_model_may_name_a_provider_offered_model(tmp_path: Path) -> None:
+    config = tmp_path / "veil.yaml"
+    config.write_text("providers: [{name: fake, type: fake}]\ndefault_model: fake/echo\n")
+    result = run(tmp_path, "ask", "gamma delta", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "gamma delta"
+    config.write_text("providers: [{name: fake, type: fake}]\ndefault_model: fake/nope\n")
+    result = run(tmp_path, "ask", "x", "--config", str(config))
+    assert result.returncode == 2
+    assert "default_model: no model named 'fake/nope'" in result.stderr

@@ -76,6 +76,7 @@ def test_full_queue_answers_429_with_retry_after_and_recovers(device_server: Vei
     assert row["status"] == 499
     assert row["error_code"] == "client_closed"
     assert 0 < row["completion_tokens"] < 1000  # billed for what was delivered
+    assert row["prompt_tokens"] > 10
 
 
 def test_queue_depth_is_a_metric(device_server: VeilServer) -> None:
@@ -83,11 +84,16 @@ def test_queue_depth_is_a_metric(device_server: VeilServer) -> None:
     assert 'veil_queue_depth{provider="device"} 0.0' in text
 
 
-def test_context_overflow_is_400(device_server: VeilServer) -> None:
+@pytest.mark.parametrize("stream", [False, True])
+def test_context_overflow_is_400_streamed_or_not(device_server: VeilServer, stream: bool) -> None:
     r = httpx.post(
         device_server.url + "/v1/chat/completions",
         headers=ADMIN,
-        json={"model": "device", "messages": [{"role": "user", "content": "word " * 5000}]},
+        json={
+            "model": "device",
+            "messages": [{"role": "user", "content": "word " * 5000}],
+            "stream": stream,
+        },
         timeout=60,
     )
     assert r.status_code == 400

@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import hmac
 import os
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -22,11 +23,18 @@ from pathlib import Path
 from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
-from veil.errors import AuthenticationFailed, ConfigError, ConfigProblem, NotFound
+from veil.errors import (
+    AuthenticationFailed,
+    ConfigError,
+    ConfigProblem,
+    InvalidRequest,
+    NotFound,
+)
 from veil.store import db
 from veil.store.models import ApiKey
 
 KEY_PREFIX = "veil-"
+TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
 ADMIN_KEY_MIN_LENGTH = 32
 
 
@@ -158,6 +166,13 @@ class KeyStore:
     # ---------------------------------------------------------------- managing
 
     def create(self, tenant: str, user: str | None = None) -> IssuedKey:
+        if not re.fullmatch(TENANT_PATTERN, tenant):
+            raise InvalidRequest(
+                "a tenant is 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit",
+                param="tenant",
+            )
+        if user is not None and not 0 < len(user) <= 256:
+            raise InvalidRequest("a user id is 1-256 characters", param="user")
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         row = ApiKey(
             id="key_" + secrets.token_hex(6),
@@ -191,10 +206,23 @@ class KeyStore:
                     update(ApiKey).where(ApiKey.id == key_id).values(revoked_at=datetime.now(UTC))
                 )
             s.refresh(row)
-            info = KeyInfo(row.id, row.prefix, row.tenant, row.user, row.created_at, row.revoked_at)
+            info = _info(row)
             digest = row.key_hash
         self._cache.pop(digest, None)
         return info
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    # SQLite hands datetimes back without their zone; they were written in UTC.
+    if moment is not None and moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment
+
+
+def _info(row: ApiKey) -> KeyInfo:
+    created = _utc(row.created_at)
+    assert created is not None
+    return KeyInfo(row.id, row.prefix, row.tenant, row.user, created, _utc(row.revoked_at))
 
 
 def pseudonym(salt: str, user: str | None) -> str | None:

@@ -84,9 +84,9 @@ def version() -> None:
 def serve(
     config: ConfigOption = None,
     host: Annotated[
-        str | None, typer.Option(help="Address to listen on [default: 127.0.0.1]")
+        str | None, typer.Option(help="Address to listen on (default: 127.0.0.1).")
     ] = None,
-    port: Annotated[int | None, typer.Option(help="Port to listen on [default: 8080]")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on (default: 8080).")] = None,
 ) -> None:
     """Run the gateway's HTTP server."""
     import uvicorn
@@ -119,6 +119,8 @@ def serve(
         )
         gw = Gateway(cfg, home)
         new_key = gw.keys.setup_admin_key(home)
+        with err.status("Loading models…"):
+            gw.prepare()
     if new_key is not None:
         err.print(
             "[bold]Admin key[/bold] (shown once; also saved to "

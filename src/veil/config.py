@@ -110,7 +110,8 @@ class OpenAICompatibleProviderConfig(ProviderIdentity):
     tier: Tier = "private"
     base_url: str
     api_key: Secret | None = None
-    headers: dict[str, str] = Field(default_factory=dict)
+    #: Extra headers sent upstream; values may be ``env:VAR`` secrets too.
+    headers: dict[str, Secret] = Field(default_factory=dict)
     timeout: Timeouts = Field(default_factory=Timeouts)
     max_connections: int = Field(256, ge=1)
 
@@ -124,6 +125,7 @@ class OpenAICompatibleProviderConfig(ProviderIdentity):
 
 class FakeProviderConfig(ProviderIdentity):
     type: Literal["fake"]
+    tier: Tier = "private"
     #: Seconds between streamed tokens for ``slow``.
     token_delay: float = Field(0.05, ge=0)
 
@@ -241,8 +243,6 @@ def _cross_check(config: Config) -> Iterator[tuple[tuple[Any, ...], str]]:
                     ("models", i, "deployments", j, "provider"),
                     f"no provider named {d.provider!r} (known: {', '.join(providers) or 'none'})",
                 )
-    if config.default_model is not None and config.default_model not in names:
-        yield ("default_model",), f"no model named {config.default_model!r}"
     if config.server.auth == "none" and not config.server.is_loopback():
         yield (
             ("server", "auth"),

@@ -13,10 +13,9 @@ OpenAI error ``type`` and ``code`` of each error are decided here and nowhere el
     │   └── ModelNotFound          404 invalid_request_error / model_not_found
     ├── RateLimited                429 rate_limit_error (Retry-After)
     │   └── QueueFull              429 rate_limit_error / queue_full
-    ├── UpstreamError              502 api_error / upstream_error
-    │   ├── UpstreamUnavailable    503 api_error / upstream_unavailable
-    │   └── UpstreamTimeout        504 api_error / upstream_timeout
-    └── ServiceUnavailable         503 api_error / not_ready
+    └── UpstreamError              502 api_error / upstream_error
+        ├── UpstreamUnavailable    503 api_error / upstream_unavailable
+        └── UpstreamTimeout        504 api_error / upstream_timeout
 
 ``ConfigError`` is separate: it is raised before a server exists and carries the file,
 line and key of each problem for ``veil config check``.
@@ -127,12 +126,6 @@ class UpstreamUnavailable(UpstreamError):
 class UpstreamTimeout(UpstreamError):
     status = 504
     code = "upstream_timeout"
-
-
-class ServiceUnavailable(VeilError):
-    status = 503
-    type = "api_error"
-    code = "not_ready"
 
 
 @dataclass(frozen=True)

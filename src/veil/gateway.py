@@ -28,6 +28,7 @@ class Gateway:
         self.home = home
         self.engine = db.make_engine(config.database.url or default_database_url(home))
         db.migrate(self.engine)
+        db.restrict_file(self.engine)
         self.keys = KeyStore(self.engine, config.server.key_cache_seconds)
         self.providers: dict[str, Provider] = {p.name: build_provider(p) for p in config.providers}
         self.router = Router(config, self.providers)
@@ -45,6 +46,11 @@ class Gateway:
             if provider.queue_depth is not None:
                 self.metrics.watch_queue(name, provider.queue_depth)
         self.started = False
+
+    def prepare(self) -> None:
+        """Load models before serving, so a bad model file is a clear error, not a crash."""
+        for provider in self.providers.values():
+            provider.prepare()
 
     async def start(self) -> None:
         await asyncio.gather(*(p.start() for p in self.providers.values()))

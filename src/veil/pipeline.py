@@ -104,6 +104,9 @@ class Pipeline:
             self._meter(ctx, request, route, Usage(), exc.status, exc.code)
             exc.route_headers = route_headers(route)
             raise
+        except Exception:
+            self._meter(ctx, request, route, Usage(), 500, "internal_error")
+            raise
         body = {
             "id": "chatcmpl-" + ctx.request_id,
             "object": "chat.completion",
@@ -138,6 +141,9 @@ class Pipeline:
         except VeilError as exc:
             status, code = exc.status, exc.code
             exc.route_headers = route_headers(route)
+            raise
+        except Exception:
+            status, code = 500, "internal_error"
             raise
         finally:
             # Billed for what was produced, also when the caller left or the upstream broke.

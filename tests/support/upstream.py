@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 SLOW_SECONDS = 3.0
 
@@ -25,7 +26,7 @@ SLOW_SECONDS = 3.0
 @dataclass
 class Received:
     path: str
-    headers: dict[str, str]
+    headers: CIMultiDict[str]
     body: dict[str, Any]
 
 
@@ -71,7 +72,7 @@ class Upstream:
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
-        self.received.append(Received(request.path, dict(request.headers), body))
+        self.received.append(Received(request.path, CIMultiDict(request.headers), body))
         model = body.get("model", "ok")
         last_user = next(
             (m.get("content") for m in reversed(body["messages"]) if m["role"] == "user"), ""

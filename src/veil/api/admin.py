@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from veil.api.deps import gateway, require_admin
-from veil.auth import KeyInfo, Principal
+from veil.auth import TENANT_PATTERN, KeyInfo, Principal
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 Admin = Annotated[Principal, Depends(require_admin)]
@@ -18,7 +18,7 @@ Admin = Annotated[Principal, Depends(require_admin)]
 
 class KeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    tenant: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    tenant: str = Field(min_length=1, max_length=128, pattern=TENANT_PATTERN)
     user: str | None = Field(None, min_length=1, max_length=256)
 
 

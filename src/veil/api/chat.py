@@ -10,10 +10,12 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
 from veil.api.deps import authenticate, gateway
+from veil.api.errors import log_bug
 from veil.chat import ChatRequest, parse_chat_request
-from veil.errors import ModelNotFound, VeilError
+from veil.errors import VeilError
 from veil.gateway import Gateway
 from veil.pipeline import ChatResult, RequestContext, route_headers
+from veil.routing import Route
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -59,10 +61,12 @@ async def chat_response(
         return Response(orjson.dumps(result.body), media_type="application/json", headers=headers)
     headers["cache-control"] = "no-cache"
     headers["x-accel-buffering"] = "no"
-    return StreamingResponse(_sse(result.chunks), media_type="text/event-stream", headers=headers)
+    return StreamingResponse(
+        _sse(result.chunks, request_id), media_type="text/event-stream", headers=headers
+    )
 
 
-async def _sse(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+async def _sse(chunks: AsyncIterator[dict[str, Any]], request_id: str) -> AsyncIterator[bytes]:
     try:
         async for chunk in chunks:
             yield b"data: " + orjson.dumps(chunk) + b"\n\n"
@@ -70,33 +74,36 @@ async def _sse(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
     except VeilError as exc:
         # Headers are gone; OpenAI's clients raise on an error event in the stream.
         yield b"data: " + orjson.dumps(exc.to_dict()) + b"\n\n"
+    except Exception as exc:  # a bug mid-stream: say so in the stream, log it without content
+        log_bug(exc, request_id)
+        error = VeilError(f"internal error (request id {request_id})")
+        yield b"data: " + orjson.dumps(error.to_dict()) + b"\n\n"
     finally:
         await chunks.aclose()  # type: ignore[attr-defined]
-
-
-def _model_card(name: str, owned_by: str) -> dict[str, Any]:
-    return {"id": name, "object": "model", "created": 0, "owned_by": owned_by}
 
 
 @router.get("/models", summary="List models")
 async def list_models(request: Request) -> Response:
     await authenticate(request)
-    data = [_model_card(m.name, m.owned_by) for m in gateway(request).router.models()]
-    for alias in ("auto", "device"):
-        try:
-            route = gateway(request).router.route(alias)
-        except ModelNotFound:
-            continue
-        data.append(_model_card(alias, f"veil ({route.model.name})"))
+    router_ = gateway(request).router
+    names = [m.name for m in router_.models()] + [a for a in ("auto", "device") if router_.knows(a)]
+    data = [_model_card(router_.route(name)) for name in names]
     return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
 
 
 @router.get("/models/{model_id:path}", summary="Retrieve a model")
 async def get_model(model_id: str, request: Request) -> Response:
     await authenticate(request)
-    route = gateway(request).router.route(model_id)
-    card = _model_card(model_id, route.model.owned_by)
+    card = _model_card(gateway(request).router.route(model_id))
+    card["id"] = model_id
     return Response(orjson.dumps(card), media_type="application/json")
+
+
+def _model_card(route: Route) -> dict[str, Any]:
+    owner = route.model.owned_by
+    if route.requested != route.model.name:  # auto, device, an alias
+        owner = f"veil ({route.model.name})"
+    return {"id": route.requested, "object": "model", "created": 0, "owned_by": owner}
 
 
 def chat_schemas() -> dict[str, Any]:

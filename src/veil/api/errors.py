@@ -6,6 +6,7 @@ request content, and no content may reach a log.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import traceback
 
@@ -64,10 +65,18 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 
 def internal_error(exc: BaseException, request_id: str) -> Response:
     """A 500 for a bug: logged by type and location, never with its message."""
+    log_bug(exc, request_id)
+    return error_response(VeilError(f"internal error (request id {request_id})"))
+
+
+def log_bug(exc: BaseException, request_id: str) -> None:
+    if getattr(exc, "_veil_logged", False):
+        return
     frames = traceback.extract_tb(exc.__traceback__)
     where = "; ".join(f"{f.filename}:{f.lineno} in {f.name}" for f in frames[-5:])
     log.error("unhandled %s on request %s at %s", type(exc).__name__, request_id, where)
-    return error_response(VeilError(f"internal error (request id {request_id})"))
+    with contextlib.suppress(AttributeError):  # exceptions with __slots__
+        exc._veil_logged = True  # type: ignore[attr-defined]
 
 
 def install(app: FastAPI) -> None:

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 from typing import Any
@@ -22,7 +23,7 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from veil.api.chat import chat_response
-from veil.api.errors import error_response, internal_error
+from veil.api.errors import error_response, internal_error, log_bug
 from veil.errors import BodyTooLarge, VeilError
 from veil.gateway import Gateway
 
@@ -62,11 +63,14 @@ class RequestMiddleware:
         request_id = self.ids.next()
         scope.setdefault("state", {})["request_id"] = request_id
         rid = request_id.encode()
-        path = scope["path"]
-        api = path.startswith("/v1/")
+        api = scope["path"].startswith("/v1/")
+
+        started = False
 
         async def send_with_headers(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 headers: list[Any] = list(message.get("headers", ()))
                 headers.append((b"x-request-id", rid))
                 if api and not any(k == b"x-veil-tier" for k, _ in headers):
@@ -74,6 +78,21 @@ class RequestMiddleware:
                 message["headers"] = headers
             await send(message)
 
+        try:
+            await self._dispatch(scope, receive, send_with_headers, request_id)
+        except Exception as exc:
+            # Nothing may escape to the server: uvicorn would log the exception's message,
+            # and a message can quote request content. Answer 500 if nothing was sent yet.
+            if started:
+                log_bug(exc, request_id)
+                with contextlib.suppress(
+                    Exception
+                ):  # end the body so the client is not left hanging
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+            else:
+                await internal_error(exc, request_id)(scope, receive, send_with_headers)
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         length = None
         authorization = None
         for key, value in scope["headers"]:
@@ -82,14 +101,14 @@ class RequestMiddleware:
             elif key == b"authorization":
                 authorization = value.decode("latin-1")
         if length is not None and length > self.max_body:
-            await _too_large(self.max_body, send_with_headers)
+            await _too_large(self.max_body, send)
             return
         if length is None and scope["method"] in ("POST", "PUT", "PATCH"):
             receive = _limited(receive, self.max_body)
-        if path == CHAT_PATH and scope["method"] == "POST":
-            await self._chat(scope, receive, send_with_headers, request_id, authorization)
+        if scope["path"] == CHAT_PATH and scope["method"] == "POST":
+            await self._chat(scope, receive, send, request_id, authorization)
             return
-        await self.app(scope, receive, send_with_headers)
+        await self.app(scope, receive, send)
 
     async def _chat(
         self, scope: Scope, receive: Receive, send: Send, request_id: str, authorization: str | None

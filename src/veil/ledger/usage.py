@@ -40,6 +40,8 @@ class UsageRecord:
     error_code: str | None
 
 
+#: Rows kept in memory while the database is unavailable, before new ones are dropped.
+MAX_PENDING = 200_000
 _COLUMNS = tuple(f.name for f in fields(UsageRecord))
 
 
@@ -57,8 +59,15 @@ class UsageRecorder:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.written = 0
+        self.dropped = 0
 
     def record(self, row: UsageRecord) -> None:
+        if len(self._pending) >= MAX_PENDING:
+            # The database has been failing for a long while: keep memory bounded, say so.
+            self.dropped += 1
+            if self.dropped % 1000 == 1:
+                log.error("usage writer is %d rows behind; dropped %d", MAX_PENDING, self.dropped)
+            return
         self._pending.append(row)
         if len(self._pending) >= self._batch:
             self._wake.set()

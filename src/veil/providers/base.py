@@ -40,8 +40,11 @@ class Provider:
         self.cloud = config.cloud
         self.region = config.region
 
+    def prepare(self) -> None:
+        """Do slow, loop-independent set-up (load a model) before the server starts."""
+
     async def start(self) -> None:
-        """Acquire resources (load a model, open a connection pool)."""
+        """Acquire resources (load a model if not prepared, open a connection pool)."""
 
     async def close(self) -> None:
         """Release them."""

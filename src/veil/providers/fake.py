@@ -4,7 +4,8 @@
 with ``token_delay`` between words; ``flaky`` fails every other call (the first one fails);
 ``error-500``, ``error-503`` and ``error-429`` fail like an upstream with that status;
 ``timeout`` fails like an upstream that stopped answering; ``cut`` streams a few words and
-then loses the connection mid-stream.
+then loses the connection mid-stream; ``crash`` raises a plain exception whose message
+quotes the prompt — a stand-in for a bug, to prove such messages never reach a log.
 """
 
 from __future__ import annotations
@@ -25,7 +26,17 @@ from veil.errors import (
 )
 from veil.providers.base import Completion, Provider, StreamState
 
-BEHAVIOURS = ("echo", "slow", "flaky", "error-500", "error-503", "error-429", "timeout", "cut")
+BEHAVIOURS = (
+    "echo",
+    "slow",
+    "flaky",
+    "error-500",
+    "error-503",
+    "error-429",
+    "timeout",
+    "cut",
+    "crash",
+)
 
 
 class FakeProvider(Provider):
@@ -54,6 +65,8 @@ class FakeProvider(Provider):
         if behaviour == "timeout":
             raise UpstreamTimeout(f"provider {self.name} did not answer in time")
         last = next((m for m in reversed(request.messages) if m.role == "user"), None)
+        if behaviour == "crash" and not request.stream:
+            raise RuntimeError(f"simulated bug while handling {last.text() if last else ''!r}")
         words = (last.text() if last else "").split()
         limit = request.token_limit
         return words[:limit] if limit else words
@@ -90,6 +103,8 @@ class FakeProvider(Provider):
         for i, word in enumerate(words):
             if behaviour == "cut" and i == 2:
                 raise UpstreamError(f"provider {self.name} closed the stream before it ended")
+            if behaviour == "crash" and i == 1:
+                raise RuntimeError(f"simulated bug mid-stream at {word!r}")
             if behaviour == "slow":
                 await asyncio.sleep(self._delay)
             state.usage = Usage(self._usage(request, []).prompt_tokens, i + 1, "counted")

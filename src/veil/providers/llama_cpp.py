@@ -30,7 +30,18 @@ BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BUNDLED_NAME = "smollm2-135m-instruct"
 
 # Events sent from the generation thread to the event loop.
-_TEXT, _DONE, _FAIL = 0, 1, 2
+_START, _TEXT, _DONE, _FAIL = 0, 1, 2, 3
+
+# Request fields the device model cannot honour: refused, rather than silently ignored.
+_UNSUPPORTED = (
+    "tools",
+    "tool_choice",
+    "response_format",
+    "logprobs",
+    "top_logprobs",
+    "logit_bias",
+    "modalities",
+)
 
 
 def bundled_model_path() -> Path:
@@ -68,6 +79,9 @@ class LlamaCppProvider(Provider):
 
     # ---------------------------------------------------------------- lifecycle
 
+    def prepare(self) -> None:
+        self._executor.submit(self._load).result()
+
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, self._load)
@@ -76,12 +90,20 @@ class LlamaCppProvider(Provider):
         from llama_cpp import Llama
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
+        if self._llm is not None:
+            return
         if not self.path.is_file():
             raise UpstreamUnavailable(f"device model file not found: {self.path}")
         kwargs: dict[str, Any] = {"n_ctx": self._config.n_ctx, "verbose": False}
         if self._config.n_threads is not None:
             kwargs["n_threads"] = self._config.n_threads
-        llm = Llama(model_path=str(self.path), **kwargs)
+        try:
+            llm = Llama(model_path=str(self.path), **kwargs)
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise UpstreamUnavailable(
+                f"cannot load the device model {self.path} ({type(exc).__name__}): "
+                "is it a GGUF file llama.cpp supports?"
+            ) from None
         template = llm.metadata.get("tokenizer.chat_template")
         if not template:
             raise UpstreamUnavailable(f"{self.path.name} has no chat template in its metadata")
@@ -126,13 +148,23 @@ class LlamaCppProvider(Provider):
 
     # ---------------------------------------------------------------- generation
 
+    def _check_supported(self, request: ChatRequest) -> None:
+        for field in _UNSUPPORTED:
+            if getattr(request, field) is not None:
+                raise InvalidRequest(
+                    f"the device model does not support '{field}'; use a model that does",
+                    param=field,
+                    code="unsupported_parameter",
+                )
+
     def _generate(
         self,
         request: ChatRequest,
         cancel: threading.Event,
-        emit: Callable[[str], None] | None,
+        emit: Callable[[int, Any], None] | None,
     ) -> tuple[str, str, Usage]:
-        """Run on the worker thread: generate, calling ``emit`` per text piece if streaming."""
+        """Run on the worker thread: generate; when streaming, ``emit`` a start event
+        (with the prompt's token count, once it fits) and then each piece of text."""
         from llama_cpp import StoppingCriteriaList
 
         started = time.perf_counter()
@@ -154,6 +186,8 @@ class LlamaCppProvider(Provider):
                     param="messages",
                     code="context_length_exceeded",
                 )
+            if emit is not None:
+                emit(_START, len(prompt))
             max_tokens = min(request.token_limit or self._config.default_max_tokens, room)
             # llama.cpp stops on end-of-generation tokens itself; this only lets a
             # caller who went away stop the generation at the next token.
@@ -184,7 +218,7 @@ class LlamaCppProvider(Provider):
                 choice = chunk["choices"][0]
                 if choice["text"]:
                     parts.append(choice["text"])
-                    emit(choice["text"])
+                    emit(_TEXT, choice["text"])
                 if choice["finish_reason"]:
                     finish = choice["finish_reason"]
                 if cancel.is_set():
@@ -201,6 +235,7 @@ class LlamaCppProvider(Provider):
             self._avg_job_seconds = 0.8 * self._avg_job_seconds + 0.2 * elapsed
 
     async def complete(self, request: ChatRequest, model: str) -> Completion:
+        self._check_supported(request)
         self._admit()
         loop = asyncio.get_running_loop()
         cancel = threading.Event()
@@ -228,14 +263,15 @@ class LlamaCppProvider(Provider):
     async def stream(
         self, request: ChatRequest, model: str, state: StreamState
     ) -> AsyncIterator[dict[str, Any]]:
+        self._check_supported(request)
         self._admit()
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
         cancel = threading.Event()
         put = events.put_nowait
 
-        def emit(text: str) -> None:
-            loop.call_soon_threadsafe(put, (_TEXT, text))
+        def emit(kind: int, payload: Any) -> None:
+            loop.call_soon_threadsafe(put, (kind, payload))
 
         def job() -> None:
             try:
@@ -255,11 +291,15 @@ class LlamaCppProvider(Provider):
             raise UpstreamUnavailable("the device model is shutting down") from None
         try:
             created = int(time.time())
-            yield _chunk(created, {"role": "assistant", "content": ""}, None)
             delivered = 0
             while True:
                 kind, payload = await events.get()
-                if kind == _TEXT:
+                if kind == _START:
+                    # Only now: a prompt too long for the context fails before any chunk,
+                    # so the caller gets a real 400 rather than an error event.
+                    state.usage.prompt_tokens = payload
+                    yield _chunk(created, {"role": "assistant", "content": ""}, None)
+                elif kind == _TEXT:
                     delivered += 1
                     state.usage.completion_tokens = delivered
                     yield _chunk(created, {"content": payload}, None)

@@ -27,7 +27,9 @@ class OpenAICompatibleProvider(Provider):
     def __init__(self, config: OpenAICompatibleProviderConfig) -> None:
         super().__init__(config)
         self._url = config.base_url + "/chat/completions"
-        self._headers = {"content-type": "application/json", **config.headers}
+        # Lower-cased, so a configured "Authorization" and api_key cannot both be sent.
+        self._headers = {k.lower(): v.get_secret_value() for k, v in config.headers.items()}
+        self._headers["content-type"] = "application/json"
         if config.api_key is not None:
             self._headers["authorization"] = "Bearer " + config.api_key.get_secret_value()
         self._http = HttpClient(config.name, config.timeout, config.max_connections)
@@ -49,7 +51,8 @@ class OpenAICompatibleProvider(Provider):
         data = await self._http.post_json(self._url, self._body(request, model), self._headers)
         if not isinstance(data.get("choices"), list):
             raise UpstreamError(f"provider {self.name} answered without choices")
-        usage = Usage.from_openai(data.get("usage")) or Usage()
+        # No usage from the upstream: recorded as such (``missing``), never guessed as zero.
+        usage = Usage.from_openai(data.get("usage")) or Usage(method="missing")
         return Completion(data, usage)
 
     async def stream(
@@ -76,7 +79,10 @@ class OpenAICompatibleProvider(Provider):
                     state.usage = usage
                     chunk.pop("usage", None)
                 if chunk.get("choices"):
-                    if usage is None:
+                    if state.usage.method != "reported":
+                        # One content chunk is about one token; exact counting comes with
+                        # metering. The method says it was estimated.
+                        state.usage.method = "estimated"
                         state.usage.completion_tokens += 1
                     yield chunk
         raise UpstreamError(f"provider {self.name} closed the stream before it ended")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from veil.config import Config
-from veil.errors import ModelNotFound
+from veil.errors import ConfigError, ConfigProblem, ModelNotFound
 from veil.providers import Provider
 
 
@@ -36,6 +36,8 @@ class ModelEntry:
 
 @dataclass(frozen=True, slots=True)
 class Route:
+    #: The name the caller asked for (``auto``, an alias, a model).
+    requested: str
     model: ModelEntry
     deployment: Deployment
     reason: str
@@ -68,14 +70,32 @@ class Router:
                 self.device = self._entries.get(next(iter(offered)))
                 break
         if config.default_model is not None:
-            self.default: ModelEntry | None = self._entries[
-                self._aliases.get(config.default_model, config.default_model)
-            ]
+            name = self._aliases.get(config.default_model, config.default_model)
+            if name not in self._entries:
+                known = ", ".join(self._entries) or "none"
+                raise ConfigError(
+                    [
+                        ConfigProblem(
+                            "config",
+                            None,
+                            "default_model",
+                            f"no model named {config.default_model!r} (known: {known})",
+                        )
+                    ]
+                )
+            self.default: ModelEntry | None = self._entries[name]
         else:
             self.default = self.device or next(iter(self._entries.values()), None)
 
     def models(self) -> list[ModelEntry]:
         return list(self._entries.values())
+
+    def knows(self, name: str) -> bool:
+        if name == "auto":
+            return self.default is not None
+        if name == "device":
+            return self.device is not None
+        return name in self._entries or name in self._aliases
 
     def route(self, name: str) -> Route:
         if name == "auto":
@@ -95,4 +115,4 @@ class Router:
                 )
             entry, reason = found, "model named in request"
         # Failover across deployments comes with the routing issue; for now, the first.
-        return Route(entry, entry.deployments[0], reason)
+        return Route(name, entry, entry.deployments[0], reason)

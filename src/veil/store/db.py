@@ -7,7 +7,9 @@ miss, and usage rows are written in batches in the background.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import secrets
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,17 @@ def migrate(engine: Engine) -> None:
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
+
+
+def restrict_file(engine: Engine) -> None:
+    """Make a SQLite database (and its WAL) readable by its owner only: it holds the
+    pseudonym salt and key hashes."""
+    path = engine.url.database
+    if engine.dialect.name != "sqlite" or not path or path == ":memory:":
+        return
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(path + suffix, 0o600)
 
 
 def sessions(engine: Engine) -> sessionmaker[Session]:
