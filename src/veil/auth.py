@@ -194,7 +194,7 @@ class KeyStore:
             query = query.where(ApiKey.revoked_at.is_(None))
         with Session(self._engine) as s:
             rows = s.scalars(query).all()
-        return [KeyInfo(r.id, r.prefix, r.tenant, r.user, r.created_at, r.revoked_at) for r in rows]
+        return [_info(r) for r in rows]
 
     def revoke(self, key_id: str) -> KeyInfo:
         with Session(self._engine, expire_on_commit=False) as s, s.begin():

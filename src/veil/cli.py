@@ -119,14 +119,14 @@ def serve(
         )
         gw = Gateway(cfg, home)
         new_key = gw.keys.setup_admin_key(home)
+        if new_key is not None:  # shown before anything else can fail: it is shown only once
+            err.print(
+                "[bold]Admin key[/bold] (shown once; also saved to "
+                f"{home / 'admin_key'} with mode 0600):\n  {new_key}",
+                highlight=False,
+            )
         with err.status("Loading models…"):
             gw.prepare()
-    if new_key is not None:
-        err.print(
-            "[bold]Admin key[/bold] (shown once; also saved to "
-            f"{home / 'admin_key'} with mode 0600):\n  {new_key}",
-            highlight=False,
-        )
     if cfg.server.auth == "none":
         err.print(
             "[yellow]warning[/yellow] authentication is off (server.auth: none, loopback only)"
