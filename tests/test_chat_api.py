@@ -199,6 +199,11 @@ def test_usage_rows_are_written_with_metadata_only(
         "latency_ms": None,
         "status": 200,
         "error_code": None,
+        "partner": None,
+        "cloud": None,
+        "policy": "policy ok",
+        "consent": None,
+        "redactions": None,
     }
 
 

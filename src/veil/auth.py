@@ -212,17 +212,9 @@ class KeyStore:
         return info
 
 
-def _utc(moment: datetime | None) -> datetime | None:
-    # SQLite hands datetimes back without their zone; they were written in UTC.
-    if moment is not None and moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    return moment
-
-
 def _info(row: ApiKey) -> KeyInfo:
-    created = _utc(row.created_at)
-    assert created is not None
-    return KeyInfo(row.id, row.prefix, row.tenant, row.user, created, _utc(row.revoked_at))
+    revoked = db.as_utc(row.revoked_at) if row.revoked_at is not None else None
+    return KeyInfo(row.id, row.prefix, row.tenant, row.user, db.as_utc(row.created_at), revoked)
 
 
 def pseudonym(salt: str, user: str | None) -> str | None:

@@ -15,6 +15,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy import Engine
 
 import veil
 from veil.auth import KeyStore, Principal
@@ -23,6 +24,7 @@ from veil.config import Config, ServerConfig, load_config
 from veil.errors import ConfigError, VeilError
 from veil.home import default_database_url, veil_home
 from veil.pipeline import ChatResult, RequestContext
+from veil.policy import ConsentStore, parse_consent_header
 
 app = typer.Typer(
     help="Veil: a private, multi-model AI gateway.",
@@ -32,9 +34,13 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 keys_app = typer.Typer(help="Issue, list and revoke API keys.", no_args_is_help=True)
+consent_app = typer.Typer(
+    help="A user's standing consents to partners, and their audit trail.", no_args_is_help=True
+)
 config_app = typer.Typer(help="Check config files.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(config_app, name="config")
+app.add_typer(consent_app, name="consent")
 
 out = Console()
 err = Console(stderr=True, soft_wrap=True)
@@ -46,6 +52,10 @@ ConfigOption = Annotated[
 ModelOption = Annotated[str, typer.Option("--model", "-m", help="Model name, 'auto' or 'device'.")]
 SystemOption = Annotated[str | None, typer.Option(help="A system prompt.")]
 MaxTokensOption = Annotated[int | None, typer.Option(help="Longest answer, in tokens.")]
+ConsentOption = Annotated[
+    str | None,
+    typer.Option(help="Partners this request may go to, e.g. 'openai' or '*' (x-veil-consent)."),
+]
 LOCAL_PRINCIPAL = Principal(tenant="local")
 
 
@@ -150,13 +160,24 @@ def serve(
 # ------------------------------------------------------------------------ keys
 
 
-def _keystore(config: Path | None) -> KeyStore:
+def _engine(config: Path | None) -> Engine:
     from veil.store import db
 
     cfg = _load(config)
     engine = db.make_engine(cfg.database.url or default_database_url(veil_home()))
     db.migrate(engine)
-    return KeyStore(engine)
+    return engine
+
+
+def _keystore(config: Path | None) -> KeyStore:
+    return KeyStore(_engine(config))
+
+
+def _consents(config: Path | None) -> ConsentStore:
+    from veil.store import db
+
+    engine = _engine(config)
+    return ConsentStore(engine, db.install_salt(engine))
 
 
 @keys_app.command("create")
@@ -203,6 +224,72 @@ def keys_revoke(
     err.print(f"Revoked {info.id} (tenant {info.tenant})")
 
 
+# ------------------------------------------------------------------------ consent
+
+TenantOption = Annotated[str, typer.Option(help="The user's tenant.")]
+UserOption = Annotated[str, typer.Option(help="The user (stored only as a salted pseudonym).")]
+PartnerOption = Annotated[str, typer.Option(help="A partner, e.g. openai, or '*' for all.")]
+
+
+@consent_app.command("grant")
+def consent_grant(
+    tenant: TenantOption, user: UserOption, partner: PartnerOption, config: ConfigOption = None
+) -> None:
+    """Record a user's standing consent to a partner (until revoked)."""
+    with _errors():
+        info = _consents(config).grant(tenant, user, partner, "cli")
+    err.print(
+        f"Consent to {info.partner} recorded for the user (since {info.granted_at:%Y-%m-%d %H:%M} UTC)"
+    )
+
+
+@consent_app.command("list")
+def consent_list(tenant: TenantOption, user: UserOption, config: ConfigOption = None) -> None:
+    """List a user's standing consents."""
+    with _errors():
+        infos = _consents(config).active(tenant, user)
+    table = Table("partner", "granted (UTC)")
+    for i in infos:
+        table.add_row(i.partner, f"{i.granted_at:%Y-%m-%d %H:%M:%S}")
+    out.print(table)
+
+
+@consent_app.command("revoke")
+def consent_revoke(
+    tenant: TenantOption, user: UserOption, partner: PartnerOption, config: ConfigOption = None
+) -> None:
+    """Revoke a user's standing consent to a partner."""
+    with _errors():
+        found = _consents(config).revoke(tenant, user, partner, "cli")
+    if not found:
+        err.print(f"[red]error[/red] no standing consent to {partner}", highlight=False)
+        raise typer.Exit(1)
+    err.print(f"Consent to {partner} revoked")
+
+
+@consent_app.command("events")
+def consent_events(
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant.")] = None,
+    user: Annotated[str | None, typer.Option(help="Only this user.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """The audit trail: every grant and revocation (users as pseudonyms)."""
+    with _errors():
+        events = _consents(config).events(tenant, user)
+    table = Table("time (UTC)", "tenant", "user (pseudonym)", "partner", "action", "scope", "via")
+    for e in events:
+        table.add_row(
+            f"{e.at:%Y-%m-%d %H:%M:%S}",
+            e.tenant,
+            e.user_hash[:12] + "…",
+            e.partner,
+            e.action,
+            e.scope,
+            e.via,
+        )
+    out.print(table)
+
+
 # ------------------------------------------------------------------------ config
 
 
@@ -233,9 +320,11 @@ async def _local_gateway(config: Path | None) -> AsyncIterator[Any]:
         await gw.close()
 
 
-async def _answer(gw: Any, model: str, messages: list[Message], max_tokens: int | None) -> str:
+async def _answer(
+    gw: Any, model: str, messages: list[Message], max_tokens: int | None, consent: str | None
+) -> str:
     request = ChatRequest(model=model, messages=messages, stream=True, max_tokens=max_tokens)
-    ctx = RequestContext(uuid.uuid4().hex, LOCAL_PRINCIPAL)
+    ctx = RequestContext(uuid.uuid4().hex, LOCAL_PRINCIPAL, parse_consent_header(consent))
     result = await gw.pipeline.chat(ctx, request)
     parts: list[str] = []
     assert not isinstance(result, ChatResult)
@@ -260,6 +349,7 @@ def ask(
     model: ModelOption = "auto",
     system: SystemOption = None,
     max_tokens: MaxTokensOption = None,
+    consent: ConsentOption = None,
     config: ConfigOption = None,
 ) -> None:
     """Ask one question through the same pipeline the server uses."""
@@ -270,7 +360,7 @@ def ask(
 
     async def run() -> None:
         async with _local_gateway(config) as gw:
-            await _answer(gw, model, messages, max_tokens)
+            await _answer(gw, model, messages, max_tokens, consent)
 
     with _errors():
         asyncio.run(run())
@@ -281,6 +371,7 @@ def chat(
     model: ModelOption = "auto",
     system: SystemOption = None,
     max_tokens: MaxTokensOption = None,
+    consent: ConsentOption = None,
     config: ConfigOption = None,
 ) -> None:
     """Chat interactively (the conversation lives in memory only; /exit or Ctrl-D ends it)."""
@@ -303,7 +394,7 @@ def chat(
                     continue
                 messages.append(Message(role="user", content=line))
                 try:
-                    answer = await _answer(gw, model, messages, max_tokens)
+                    answer = await _answer(gw, model, messages, max_tokens, consent)
                 except VeilError as exc:
                     err.print(f"[red]error[/red] {exc.message}", highlight=False)
                     messages.pop()

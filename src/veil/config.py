@@ -28,6 +28,8 @@ from veil.errors import ConfigError, ConfigProblem
 
 Tier = Literal["device", "private", "partner"]
 RESERVED_MODEL_NAMES = frozenset({"auto", "device"})
+#: Provider types whose upstream is always a third party.
+PARTNER_TYPES = frozenset({"openai", "azure_openai", "anthropic", "gemini"})
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 
 
@@ -105,15 +107,17 @@ class LlamaCppProviderConfig(ProviderIdentity):
     default_max_tokens: int = Field(512, ge=1)
 
 
-class OpenAICompatibleProviderConfig(ProviderIdentity):
-    type: Literal["openai_compatible"]
-    tier: Tier = "private"
+class RemoteProviderConfig(ProviderIdentity):
+    """What every provider reached over HTTP shares."""
+
     base_url: str
     api_key: Secret | None = None
     #: Extra headers sent upstream; values may be ``env:VAR`` secrets too.
     headers: dict[str, Secret] = Field(default_factory=dict)
     timeout: Timeouts = Field(default_factory=Timeouts)
     max_connections: int = Field(256, ge=1)
+    #: Send partners a per-partner salted pseudonym of the user (else no user at all).
+    send_user_pseudonym: bool = False
 
     @field_validator("base_url")
     @classmethod
@@ -121,6 +125,56 @@ class OpenAICompatibleProviderConfig(ProviderIdentity):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
+
+
+class OpenAICompatibleProviderConfig(RemoteProviderConfig):
+    type: Literal["openai_compatible"]
+    tier: Tier = "private"
+
+
+class OpenAIProviderConfig(RemoteProviderConfig):
+    """OpenAI's own API. Always sends ``store: false``."""
+
+    type: Literal["openai"]
+    tier: Tier = "partner"
+    partner: str | None = "openai"
+    cloud: str | None = "openai"
+    base_url: str = "https://api.openai.com/v1"
+    organization: str | None = None
+    project: str | None = None
+
+
+class AzureOpenAIProviderConfig(RemoteProviderConfig):
+    """Azure OpenAI: ``{base_url}/openai/deployments/{deployment}/chat/completions``."""
+
+    type: Literal["azure_openai"]
+    tier: Tier = "partner"
+    partner: str | None = "openai"
+    cloud: str | None = "azure"
+    api_version: str = "2024-10-21"
+
+
+class AnthropicProviderConfig(RemoteProviderConfig):
+    """Anthropic's Messages API."""
+
+    type: Literal["anthropic"]
+    tier: Tier = "partner"
+    partner: str | None = "anthropic"
+    cloud: str | None = "anthropic"
+    base_url: str = "https://api.anthropic.com"
+    anthropic_version: str = "2023-06-01"
+    #: Anthropic requires ``max_tokens``; used when the request gives none.
+    default_max_tokens: int = Field(4096, ge=1)
+
+
+class GeminiProviderConfig(RemoteProviderConfig):
+    """Google Gemini ``generateContent`` / ``streamGenerateContent``."""
+
+    type: Literal["gemini"]
+    tier: Tier = "partner"
+    partner: str | None = "google"
+    cloud: str | None = "gcp"
+    base_url: str = "https://generativelanguage.googleapis.com/v1beta"
 
 
 class FakeProviderConfig(ProviderIdentity):
@@ -131,7 +185,13 @@ class FakeProviderConfig(ProviderIdentity):
 
 
 ProviderConfig = Annotated[
-    LlamaCppProviderConfig | OpenAICompatibleProviderConfig | FakeProviderConfig,
+    LlamaCppProviderConfig
+    | OpenAICompatibleProviderConfig
+    | OpenAIProviderConfig
+    | AzureOpenAIProviderConfig
+    | AnthropicProviderConfig
+    | GeminiProviderConfig
+    | FakeProviderConfig,
     Field(discriminator="type"),
 ]
 
@@ -149,6 +209,82 @@ class ModelConfig(_Strict):
     context_window: int | None = Field(None, ge=1)
 
 
+PiiType = Literal[
+    "PERSON",
+    "EMAIL_ADDRESS",
+    "PHONE_NUMBER",
+    "CREDIT_CARD",
+    "IBAN_CODE",
+    "US_SSN",
+    "IP_ADDRESS",
+    "LOCATION",
+    "DATE_OF_BIRTH",
+    "URL",
+    "API_KEY",
+]
+ALL_PII_TYPES: tuple[PiiType, ...] = (
+    "PERSON",
+    "EMAIL_ADDRESS",
+    "PHONE_NUMBER",
+    "CREDIT_CARD",
+    "IBAN_CODE",
+    "US_SSN",
+    "IP_ADDRESS",
+    "LOCATION",
+    "DATE_OF_BIRTH",
+    "URL",
+    "API_KEY",
+)
+
+
+class PrivacyConfig(_Strict):
+    """What happens to personal data in a request bound for a partner."""
+
+    #: ``pseudonymize``: typed placeholders, restored in the answer; ``redact``: typed
+    #: placeholders, not restored; ``block``: refuse to send (403 ``pii_blocked``).
+    mode: Literal["pseudonymize", "redact", "block"] = "pseudonymize"
+    types: list[PiiType] = Field(default_factory=lambda: list(ALL_PII_TYPES))
+
+
+class TenantConfig(_Strict):
+    name: str = Field(min_length=1)
+    #: Where the tenant's data must stay (matched by ``policy.residency`` rules).
+    region: str | None = None
+    #: Partners this tenant may reach at all (``None``: any the policy allows).
+    partners: list[str] | None = None
+    privacy: PrivacyConfig | None = None
+
+
+class HostingRule(_Strict):
+    """A partner's traffic may only be served from these clouds (e.g. OpenAI only on Azure)."""
+
+    name: str = Field(min_length=1)
+    partner: str
+    allowed_clouds: list[str] = Field(min_length=1)
+
+
+class ResidencyRule(_Strict):
+    """Tenants in ``tenant_region`` only reach deployments in ``allowed_regions``."""
+
+    name: str = Field(min_length=1)
+    tenant_region: str
+    allowed_regions: list[str] = Field(min_length=1)
+
+
+class EntitlementRule(_Strict):
+    """A model reserved for named tenants."""
+
+    name: str = Field(min_length=1)
+    model: str
+    tenants: list[str] = Field(min_length=1)
+
+
+class PolicyConfig(_Strict):
+    hosting: list[HostingRule] = Field(default_factory=list)
+    residency: list[ResidencyRule] = Field(default_factory=list)
+    entitlements: list[EntitlementRule] = Field(default_factory=list)
+
+
 def _default_providers() -> list[ProviderConfig]:
     return [LlamaCppProviderConfig(type="llama_cpp", name="device")]
 
@@ -160,6 +296,10 @@ class Config(_Strict):
     models: list[ModelConfig] = Field(default_factory=list)
     #: What ``model: "auto"`` means for now; default: the device model.
     default_model: str | None = None
+    tenants: list[TenantConfig] = Field(default_factory=list)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    #: The default for tenants without a ``privacy`` of their own.
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
 
 
 # --------------------------------------------------------------------------- loading
@@ -228,6 +368,14 @@ def _cross_check(config: Config) -> Iterator[tuple[tuple[Any, ...], str]]:
         if p.name in providers:
             yield ("providers", i, "name"), f"provider name {p.name!r} is used twice"
         providers[p.name] = i
+        if p.tier == "partner" and not p.partner:
+            yield ("providers", i, "partner"), "a partner-tier provider must name its partner"
+        if p.type in PARTNER_TYPES and p.tier != "partner":
+            yield (
+                ("providers", i, "tier"),
+                f"a {p.type} provider sends data to a third party: its tier must be partner "
+                "(nothing reaches a partner without consent and personal-data protection)",
+            )
     names: set[str] = set()
     for i, m in enumerate(config.models):
         for j, name in enumerate([m.name, *m.aliases]):
@@ -243,6 +391,17 @@ def _cross_check(config: Config) -> Iterator[tuple[tuple[Any, ...], str]]:
                     ("models", i, "deployments", j, "provider"),
                     f"no provider named {d.provider!r} (known: {', '.join(providers) or 'none'})",
                 )
+    rules: set[str] = set()
+    for kind in ("hosting", "residency", "entitlements"):
+        for i, rule in enumerate(getattr(config.policy, kind)):
+            if rule.name in rules:
+                yield ("policy", kind, i, "name"), f"rule name {rule.name!r} is used twice"
+            rules.add(rule.name)
+    tenants: set[str] = set()
+    for i, t in enumerate(config.tenants):
+        if t.name in tenants:
+            yield ("tenants", i, "name"), f"tenant {t.name!r} is listed twice"
+        tenants.add(t.name)
     if config.server.auth == "none" and not config.server.is_loopback():
         yield (
             ("server", "auth"),

@@ -9,6 +9,8 @@ OpenAI error ``type`` and ``code`` of each error are decided here and nowhere el
     │   └── BodyTooLarge           413 invalid_request_error / request_too_large
     ├── AuthenticationFailed       401 authentication_error / invalid_api_key
     ├── PermissionDenied           403 permission_error
+    │   ├── PolicyDenied           403 permission_error / policy_denied
+    │   └── ConsentRequired        403 permission_error / consent_required
     ├── NotFound                   404 invalid_request_error / not_found
     │   └── ModelNotFound          404 invalid_request_error / model_not_found
     ├── RateLimited                429 rate_limit_error (Retry-After)
@@ -90,6 +92,14 @@ class PermissionDenied(VeilError):
     status = 403
     type = "permission_error"
     code = "permission_denied"
+
+
+class PolicyDenied(PermissionDenied):
+    code = "policy_denied"
+
+
+class ConsentRequired(PermissionDenied):
+    code = "consent_required"
 
 
 class NotFound(VeilError):

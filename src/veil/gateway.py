@@ -8,16 +8,22 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from veil.auth import KeyStore
 from veil.config import Config
+from veil.gate import Gate
 from veil.home import default_database_url
 from veil.ledger.usage import UsageRecorder
 from veil.metrics import Metrics
 from veil.pipeline import Pipeline
+from veil.policy import ConsentStore, PolicyEngine
 from veil.providers import Provider, build_provider
 from veil.routing import Router
 from veil.store import db
+
+if TYPE_CHECKING:
+    from veil.privacy import PiiDetector
 
 log = logging.getLogger("veil")
 
@@ -34,12 +40,22 @@ class Gateway:
         self.router = Router(config, self.providers)
         self.metrics = Metrics()
         self.recorder = UsageRecorder(self.engine)
+        salt = db.install_salt(self.engine)
+        self.policy = PolicyEngine(config)
+        self.consents = ConsentStore(self.engine, salt, config.server.key_cache_seconds)
+        self.detector: PiiDetector | None = None
+        if any(p.tier == "partner" for p in self.providers.values()):
+            from veil.privacy import PiiDetector
+
+            self.detector = PiiDetector()
         self.pipeline = Pipeline(
             self.keys,
             self.router,
+            self.policy,
+            Gate(self.policy, self.consents, self.detector, salt),
             self.recorder,
             self.metrics,
-            db.install_salt(self.engine),
+            salt,
             auth_required=config.server.auth == "required",
         )
         for name, provider in self.providers.items():
@@ -51,9 +67,13 @@ class Gateway:
         """Load models before serving, so a bad model file is a clear error, not a crash."""
         for provider in self.providers.values():
             provider.prepare()
+        if self.detector is not None:
+            self.detector.warm()
 
     async def start(self) -> None:
         await asyncio.gather(*(p.start() for p in self.providers.values()))
+        if self.detector is not None:
+            await asyncio.to_thread(self.detector.warm)
         await self.recorder.start()
         self.started = True
 

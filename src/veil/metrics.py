@@ -32,6 +32,12 @@ class Metrics:
             ("tier", "provider", "model", "direction"),
             registry=self.registry,
         )
+        self.redactions = Counter(
+            "veil_redactions",
+            "Personal-data values replaced before a request left, by type",
+            ("type", "provider"),
+            registry=self.registry,
+        )
         self.queue_depth = Gauge(
             "veil_queue_depth",
             "Requests admitted to a local model (running or waiting)",

@@ -14,7 +14,8 @@ from veil.api.errors import log_bug
 from veil.chat import ChatRequest, parse_chat_request
 from veil.errors import VeilError
 from veil.gateway import Gateway
-from veil.pipeline import ChatResult, RequestContext, route_headers
+from veil.pipeline import ChatResult, RequestContext
+from veil.policy import parse_consent_header
 from veil.routing import Route
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -35,6 +36,7 @@ async def chat_completions(request: Request) -> Response:
         gateway(request),
         request.scope["state"]["request_id"],
         request.headers.get("authorization"),
+        request.headers.get("x-veil-consent"),
         request.body,
     )
 
@@ -43,20 +45,21 @@ async def chat_response(
     gw: Gateway,
     request_id: str,
     authorization: str | None,
+    consent: str | None,
     read_body: Callable[[], Awaitable[bytes]],
 ) -> Response:
     """authenticate → parse → pipeline → HTTP response. The body is read only once the
     caller is known; it is parsed by hand, in one pydantic-core pass straight from bytes,
     with errors that never echo the request's content."""
     principal = await gw.pipeline.authenticate(authorization)
-    ctx = RequestContext(request_id, principal)
+    ctx = RequestContext(request_id, principal, parse_consent_header(consent))
     try:
         chat = parse_chat_request(await read_body())
     except VeilError as exc:
         gw.pipeline.reject(ctx, exc)
         raise
     result = await gw.pipeline.chat(ctx, chat)
-    headers = route_headers(result.route)
+    headers = result.headers
     if isinstance(result, ChatResult):
         return Response(orjson.dumps(result.body), media_type="application/json", headers=headers)
     headers["cache-control"] = "no-cache"

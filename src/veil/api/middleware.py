@@ -94,24 +94,32 @@ class RequestMiddleware:
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         length = None
-        authorization = None
+        authorization = consent = None
         for key, value in scope["headers"]:
             if key == b"content-length":
                 length = int(value) if value.isdigit() else None
             elif key == b"authorization":
                 authorization = value.decode("latin-1")
+            elif key == b"x-veil-consent":
+                consent = value.decode("latin-1")
         if length is not None and length > self.max_body:
             await _too_large(self.max_body, send)
             return
         if length is None and scope["method"] in ("POST", "PUT", "PATCH"):
             receive = _limited(receive, self.max_body)
         if scope["path"] == CHAT_PATH and scope["method"] == "POST":
-            await self._chat(scope, receive, send, request_id, authorization)
+            await self._chat(scope, receive, send, request_id, authorization, consent)
             return
         await self.app(scope, receive, send)
 
     async def _chat(
-        self, scope: Scope, receive: Receive, send: Send, request_id: str, authorization: str | None
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        request_id: str,
+        authorization: str | None,
+        consent: str | None,
     ) -> None:
         async def read_body() -> bytes:
             parts = []
@@ -124,7 +132,9 @@ class RequestMiddleware:
                     return b"".join(parts)
 
         try:
-            response = await chat_response(self.gateway, request_id, authorization, read_body)
+            response = await chat_response(
+                self.gateway, request_id, authorization, consent, read_body
+            )
         except VeilError as exc:
             response = error_response(exc)
         except ClientDisconnected:

@@ -38,6 +38,11 @@ class UsageRecord:
     latency_ms: float
     status: int
     error_code: str | None
+    partner: str | None = None
+    cloud: str | None = None
+    policy: str | None = None
+    consent: str | None = None
+    redactions: str | None = None
 
 
 #: Rows kept in memory while the database is unavailable, before new ones are dropped.

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from veil.config import (
+    AnthropicProviderConfig,
+    AzureOpenAIProviderConfig,
     FakeProviderConfig,
+    GeminiProviderConfig,
     LlamaCppProviderConfig,
     OpenAICompatibleProviderConfig,
+    OpenAIProviderConfig,
     ProviderConfig,
 )
 from veil.providers.base import Completion, Provider, StreamState
@@ -23,6 +27,22 @@ def build_provider(config: ProviderConfig) -> Provider:
         from veil.providers.openai_compatible import OpenAICompatibleProvider
 
         return OpenAICompatibleProvider(config)
+    if isinstance(config, OpenAIProviderConfig):
+        from veil.providers.openai import OpenAIProvider
+
+        return OpenAIProvider(config)
+    if isinstance(config, AzureOpenAIProviderConfig):
+        from veil.providers.azure_openai import AzureOpenAIProvider
+
+        return AzureOpenAIProvider(config)
+    if isinstance(config, AnthropicProviderConfig):
+        from veil.providers.anthropic import AnthropicProvider
+
+        return AnthropicProvider(config)
+    if isinstance(config, GeminiProviderConfig):
+        from veil.providers.gemini import GeminiProvider
+
+        return GeminiProvider(config)
     if isinstance(config, FakeProviderConfig):
         from veil.providers.fake import FakeProvider
 

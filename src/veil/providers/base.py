@@ -52,6 +52,8 @@ class Provider:
     def ready(self) -> bool:
         return True
 
+    #: Send partners a per-partner pseudonym of the user (else no user at all).
+    send_user_pseudonym: bool = False
     #: For providers with a local queue: how many requests are admitted now.
     queue_depth: Callable[[], int] | None = None
 

@@ -10,7 +10,7 @@ verbatim, because an upstream may quote the prompt back in its message.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -27,10 +27,21 @@ from veil.errors import (
     VeilError,
 )
 
+ErrorCode = Callable[[bytes], tuple[str | None, str | None]]
+
 
 class HttpClient:
-    def __init__(self, provider: str, timeouts: Timeouts, max_connections: int) -> None:
+    def __init__(
+        self,
+        provider: str,
+        timeouts: Timeouts,
+        max_connections: int,
+        error_code: ErrorCode | None = None,
+    ) -> None:
+        """``error_code`` reads ``(code, param)`` out of an error body in the upstream's
+        own shape; the default reads OpenAI's ``{"error": {"code", "param"}}``."""
         self._provider = provider
+        self._error_code = error_code or openai_error_code
         self._timeout = aiohttp.ClientTimeout(
             total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.read
         )
@@ -118,7 +129,7 @@ class HttpClient:
 
     def status_error(self, status: int, headers: Mapping[str, str], raw: bytes) -> VeilError:
         name = self._provider
-        code, param = _error_code(raw)
+        code, param = self._error_code(raw)
         if status == 429:
             return RateLimited(
                 f"provider {name} is rate limiting (HTTP 429)",
@@ -143,8 +154,8 @@ class HttpClient:
         return UpstreamError(f"provider {name} returned HTTP {status}")
 
 
-def _error_code(raw: bytes) -> tuple[str | None, str | None]:
-    """The upstream's error ``code`` and ``param`` (identifiers, never its message)."""
+def openai_error_code(raw: bytes) -> tuple[str | None, str | None]:
+    """OpenAI's error ``code`` and ``param`` (identifiers, never its message)."""
     try:
         err = orjson.loads(raw).get("error")
     except (orjson.JSONDecodeError, AttributeError):
@@ -153,6 +164,11 @@ def _error_code(raw: bytes) -> tuple[str | None, str | None]:
         return None, None
     code, param = err.get("code"), err.get("param")
     return (code if _identifier(code) else None), (param if _identifier(param) else None)
+
+
+def identifier(value: Any) -> str | None:
+    """``value`` if it looks like an identifier (an error code, a field name), else None."""
+    return value if _identifier(value) else None
 
 
 def _identifier(value: Any) -> bool:

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import secrets
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -91,3 +92,8 @@ def install_salt(engine: Engine) -> str:
         salt = get_meta(engine, "user_salt")
         assert salt is not None
     return salt
+
+
+def as_utc(moment: datetime) -> datetime:
+    """SQLite hands datetimes back without their zone; Veil writes them in UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

@@ -54,3 +54,43 @@ class Usage(Base):
     latency_ms: Mapped[float] = mapped_column(Float)
     status: Mapped[int] = mapped_column(Integer)
     error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    #: Whose model served it and who hosted it (partner tier), for what-left-the-device.
+    partner: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    cloud: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    #: The policy decision: rules that skipped deployments, or denied the request.
+    policy: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    #: How consent was given for a partner call: ``request`` or ``standing``.
+    consent: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    #: Values replaced before the request left, by type, as JSON: {"PERSON": 2}. Never values.
+    redactions: Mapped[str | None] = mapped_column(String(512), nullable=True)
+
+
+class Consent(Base):
+    """A user's standing consent to send requests to a partner, until revoked."""
+
+    __tablename__ = "consents"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant: Mapped[str] = mapped_column(String(128), index=True)
+    #: Salted HMAC of the user id (``auth.pseudonym``); never the id itself.
+    user_hash: Mapped[str] = mapped_column(String(64), index=True)
+    #: A partner name, or ``*`` for every partner.
+    partner: Mapped[str] = mapped_column(String(64))
+    granted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class ConsentEvent(Base):
+    """The audit trail: every grant and revocation, append-only."""
+
+    __tablename__ = "consent_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    tenant: Mapped[str] = mapped_column(String(128), index=True)
+    user_hash: Mapped[str] = mapped_column(String(64))
+    partner: Mapped[str] = mapped_column(String(64))
+    #: ``grant`` or ``revoke``.
+    action: Mapped[str] = mapped_column(String(16))
+    #: ``standing`` (until revoked).
+    scope: Mapped[str] = mapped_column(String(32))
+    #: ``api`` or ``cli``, and the key that did it.
+    via: Mapped[str] = mapped_column(String(64))
