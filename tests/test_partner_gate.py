@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -303,3 +304,39 @@ def test_device_requests_are_not_touched(gate_server: VeilServer) -> None:
     )
     assert raw.headers["x-veil-tier"] == "device"
     assert "x-veil-redactions" not in raw.headers
+
+
+def test_personal_data_canaries_never_reach_the_partner_nor_disk(
+    tmp_path_factory: pytest.TempPathFactory, upstream: Upstream
+) -> None:
+    server = start_server(tmp_path_factory.mktemp("pii-canary") / "home", gate_config(upstream))
+    tag = uuid.uuid4().hex[:10]
+    email = f"canary.{tag}@example.com"
+    phone = f"+1 212 555 {int(tag[:4], 16) % 10000:04d}"
+    ip = f"10.{int(tag[:2], 16)}.{int(tag[2:4], 16)}.{int(tag[4:6], 16)}"
+    text = f"Reach me at {email}, phone {phone}; my server is {ip}."
+    before = len(upstream.received)
+    try:
+        sdk = client(server, consent="acme-ai")
+        plain = sdk.chat.completions.create(
+            model="partner-echo", messages=[{"role": "user", "content": text}], user=f"user-{tag}"
+        )
+        streamed = "".join(
+            c.choices[0].delta.content or ""
+            for c in sdk.chat.completions.create(
+                model="partner-echo", messages=[{"role": "user", "content": text}], stream=True
+            )
+            if c.choices
+        )
+    finally:
+        server.stop()
+    for answer in (plain.choices[0].message.content or "", streamed):
+        assert email in answer and phone in answer and ip in answer  # restored for the user
+    sent = json.dumps([r.body for r in upstream.received[before:]])
+    for value in (email, phone, ip, f"user-{tag}"):
+        assert value not in sent  # never left the gateway
+    written = server.log_path.read_bytes() + b"".join(
+        p.read_bytes() for p in server.home.rglob("*") if p.is_file()
+    )
+    for value in (email, phone, ip, tag):
+        assert value.encode() not in written  # never stored, never logged
