@@ -340,3 +340,28 @@ def test_personal_data_canaries_never_reach_the_partner_nor_disk(
     )
     for value in (email, phone, ip, tag):
         assert value.encode() not in written  # never stored, never logged
+
+
+def test_client_headers_and_address_are_not_forwarded(
+    gate_server: VeilServer, upstream: Upstream
+) -> None:
+    before = len(upstream.received)
+    with httpx.Client(base_url=gate_server.url) as http:
+        r = http.post(
+            "/v1/chat/completions",
+            headers={
+                "authorization": f"Bearer {ADMIN_KEY}",
+                "x-veil-consent": "acme-ai",
+                "x-forwarded-for": "203.0.113.7",
+                "cookie": "session=abc",
+                "x-app-user": "alice",
+                "user-agent": "AliceApp/1.0",
+            },
+            json={"model": "partner-echo", "messages": [{"role": "user", "content": "hello"}]},
+        )
+    assert r.status_code == 200, r.text
+    [sent] = upstream.received[before:]
+    names = {k.lower() for k in sent.headers}
+    assert not names & {"x-forwarded-for", "cookie", "x-app-user", "x-veil-consent", "forwarded"}
+    assert "AliceApp" not in sent.headers.get("user-agent", "")
+    assert ADMIN_KEY not in str(dict(sent.headers))

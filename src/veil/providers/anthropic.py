@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -89,7 +89,7 @@ class AnthropicProvider(Provider):
         headers["anthropic-version"] = config.anthropic_version
         headers["content-type"] = "application/json"
         self._headers = headers
-        self._http = _AnthropicHttp(
+        self._http = HttpClient(
             config.name, config.timeout, config.max_connections, anthropic_error_code
         )
 
@@ -123,13 +123,6 @@ class AnthropicProvider(Provider):
                 if translator.done:
                     return
         raise UpstreamError(f"provider {self.name} closed the stream before it ended")
-
-
-class _AnthropicHttp(HttpClient):
-    def status_error(self, status: int, headers: Mapping[str, str], raw: bytes) -> VeilError:
-        if status == 529:  # Anthropic's own status for "overloaded, retry later"
-            return UpstreamUnavailable(f"provider {self._provider} is overloaded (HTTP 529)")
-        return super().status_error(status, headers, raw)
 
 
 def anthropic_error_code(raw: bytes) -> tuple[str | None, str | None]:

@@ -19,6 +19,7 @@ import orjson
 
 from veil.config import Timeouts
 from veil.errors import (
+    BodyTooLarge,
     InvalidRequest,
     RateLimited,
     UpstreamError,
@@ -136,7 +137,12 @@ class HttpClient:
                 code=code or "upstream_rate_limited",
                 retry_after=_retry_after(headers),
             )
-        if status in (400, 413, 422):
+        if status == 413:
+            return BodyTooLarge(
+                f"provider {name} found the request too large (HTTP 413)",
+                code=code or "request_too_large",
+            )
+        if status in (400, 422):
             return InvalidRequest(
                 f"provider {name} rejected the request (HTTP {status}"
                 + (f", code {code})" if code else ")"),
@@ -145,8 +151,16 @@ class HttpClient:
             )
         if status in (408, 504):
             return UpstreamTimeout(f"provider {name} timed out (HTTP {status})")
-        if status == 503:
-            return UpstreamUnavailable(f"provider {name} is unavailable (HTTP 503)")
+        if status in (503, 529):  # 529: Anthropic's "overloaded, retry later"
+            return UpstreamUnavailable(
+                f"provider {name} is unavailable (HTTP {status})",
+                retry_after=_retry_after(headers) if "retry-after" in headers else None,
+            )
+        if status == 404:
+            return UpstreamError(
+                f"provider {name} does not know this model or deployment (HTTP 404)",
+                code="upstream_not_found",
+            )
         if status in (401, 403):
             return UpstreamError(
                 f"provider {name} refused Veil's credentials (HTTP {status})", code="upstream_auth"
