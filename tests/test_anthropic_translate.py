@@ -19,9 +19,9 @@ from veil.providers.anthropic import (
     StreamTranslator,
     anthropic_error_code,
     completion_from_message,
-    messages_body,
     stream_error,
 )
+from veil.providers.anthropic_request import messages_body
 from veil.providers.base import StreamState
 
 
