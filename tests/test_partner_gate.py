@@ -365,3 +365,21 @@ def test_client_headers_and_address_are_not_forwarded(
     assert not names & {"x-forwarded-for", "cookie", "x-app-user", "x-veil-consent", "forwarded"}
     assert "AliceApp" not in sent.headers.get("user-agent", "")
     assert ADMIN_KEY not in str(dict(sent.headers))
+
+
+def test_a_partner_is_never_asked_to_store_the_conversation(
+    gate_server: VeilServer, upstream: Upstream
+) -> None:
+    before = len(upstream.received)
+    client(gate_server, consent="*").chat.completions.create(
+        model="partner-echo",
+        messages=[{"role": "user", "content": "hello"}],
+        store=True,
+        metadata={"session": "s-1"},
+        prompt_cache_key="user-42-cache",
+        safety_identifier="user-42",
+    )
+    [sent] = upstream.received[before:]
+    assert not {"store", "metadata", "prompt_cache_key", "safety_identifier", "user"} & set(
+        sent.body
+    )

@@ -266,7 +266,6 @@ def test_temperature_above_one_is_refused_naming_it(
                 }
             },
         ),
-        ("store", {"store": True}),
         ("reasoning_effort", {"reasoning_effort": "high"}),
         ("tools[0].type", {"tools": [{"type": "custom", "custom": {"name": "x"}}]}),
     ],

@@ -25,6 +25,7 @@ from veil.errors import ConfigError, VeilError
 from veil.home import default_database_url, veil_home
 from veil.pipeline import ChatResult, RequestContext
 from veil.policy import ConsentStore, parse_consent_header
+from veil.privacy.cli import pii_app
 
 app = typer.Typer(
     help="Veil: a private, multi-model AI gateway.",
@@ -41,6 +42,7 @@ config_app = typer.Typer(help="Check config files.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(config_app, name="config")
 app.add_typer(consent_app, name="consent")
+app.add_typer(pii_app, name="pii")
 
 out = Console()
 err = Console(stderr=True, soft_wrap=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Iterable, Iterator
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -46,6 +47,14 @@ def _resolve_secret(value: Any) -> Any:
 
 
 Secret = Annotated[SecretStr, BeforeValidator(_resolve_secret)]
+
+
+def _date_as_text(value: Any) -> Any:
+    # YAML reads an unquoted 2024-10-21 as a date; an API version is text.
+    return value.isoformat() if isinstance(value, date) else value
+
+
+ApiVersion = Annotated[str, BeforeValidator(_date_as_text)]
 
 
 class _Strict(BaseModel):
@@ -151,7 +160,7 @@ class AzureOpenAIProviderConfig(RemoteProviderConfig):
     tier: Tier = "partner"
     partner: str | None = "openai"
     cloud: str | None = "azure"
-    api_version: str = "2024-10-21"
+    api_version: ApiVersion = "2024-10-21"
 
 
 class AnthropicProviderConfig(RemoteProviderConfig):
@@ -162,7 +171,7 @@ class AnthropicProviderConfig(RemoteProviderConfig):
     partner: str | None = "anthropic"
     cloud: str | None = "anthropic"
     base_url: str = "https://api.anthropic.com"
-    anthropic_version: str = "2023-06-01"
+    anthropic_version: ApiVersion = "2023-06-01"
     #: Anthropic requires ``max_tokens``; used when the request gives none.
     default_max_tokens: int = Field(4096, ge=1)
 
@@ -373,8 +382,17 @@ def _cross_check(config: Config) -> Iterator[tuple[tuple[Any, ...], str]]:
         if p.type in PARTNER_TYPES and p.tier != "partner":
             yield (
                 ("providers", i, "tier"),
-                f"a {p.type} provider sends data to a third party: its tier must be partner "
+                f"providers of type {p.type} send data to a third party: the tier must be partner "
                 "(nothing reaches a partner without consent and personal-data protection)",
+            )
+        if (
+            p.tier == "device"
+            and isinstance(p, OpenAICompatibleProviderConfig)
+            and not _loopback_url(p.base_url)
+        ):
+            yield (
+                ("providers", i, "tier"),
+                "tier: device means nothing leaves the machine; this base_url is not loopback",
             )
     names: set[str] = set()
     for i, m in enumerate(config.models):
@@ -407,6 +425,18 @@ def _cross_check(config: Config) -> Iterator[tuple[tuple[Any, ...], str]]:
             ("server", "auth"),
             f"auth: none is only allowed on a loopback host, not {config.server.host!r}",
         )
+
+
+def _loopback_url(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _problem(file: str, root: yaml.Node | None, loc: tuple[Any, ...], msg: str) -> ConfigProblem:

@@ -48,6 +48,8 @@ class Clearance:
 
     deployments: list[Deployment]
     consents: dict[str, str]
+    #: Partner deployments left out for want of consent (said in the route reason).
+    unconsented: list[Deployment] = field(default_factory=list)
     _protected: tuple[ChatRequest, Pseudonymizer] | None = field(default=None)
 
 
@@ -95,7 +97,8 @@ class Gate:
                 "record a standing consent (POST /v1/consents)",
                 param="x-veil-consent",
             )
-        return Clearance(kept, consents)
+        skipped = [d for d in allowed if d not in kept]
+        return Clearance(kept, consents, skipped)
 
     # ------------------------------------------------------------ protect
 
@@ -156,7 +159,7 @@ class Gate:
             for call in message.get("tool_calls") or ():
                 function = call.get("function") or {}
                 if isinstance(function.get("arguments"), str):
-                    function["arguments"] = pz.restore(function["arguments"])
+                    function["arguments"] = pz.restore(function["arguments"], json_string=True)
 
     @staticmethod
     async def restore_stream(
@@ -164,15 +167,12 @@ class Gate:
     ) -> AsyncIterator[dict[str, Any]]:
         """Put real values back as chunks pass, holding back only a possible placeholder."""
         pz = outbound.pseudonymizer
-        if pz is None:
-            async for chunk in chunks:
-                yield chunk
-            return
+        assert pz is not None, "only answers to pseudonymized requests are restored"
         restorers: dict[tuple[int, int], StreamRestorer] = {}  # (choice, tool call or -1)
 
         def restorer(key: tuple[int, int]) -> StreamRestorer:
-            if key not in restorers:
-                restorers[key] = pz.stream_restorer()
+            if key not in restorers:  # tool-call arguments are JSON: values go in escaped
+                restorers[key] = pz.stream_restorer(json_string=key[1] != -1)
             return restorers[key]
 
         async for chunk in chunks:
@@ -187,28 +187,41 @@ class Gate:
                         key = (index, int(call.get("index") or 0))
                         function["arguments"] = restorer(key).feed(function["arguments"])
                 if choice.get("finish_reason"):
-                    held = restorers.pop((index, -1), None)
-                    if held is not None:
-                        rest = held.flush()
-                        if rest:
-                            delta["content"] = (delta.get("content") or "") + rest
-                            choice["delta"] = delta
+                    _flush_into(delta, index, restorers)
+                    choice["delta"] = delta
             yield chunk
-        for (index, _), held in restorers.items():  # a stream that ended without finish_reason
-            rest = held.flush()
-            if rest:
-                yield {
-                    "choices": [{"index": index, "delta": {"content": rest}, "finish_reason": None}]
-                }
+        for index in sorted({i for i, _ in restorers}):  # a stream ended without finish_reason
+            last: dict[str, Any] = {}
+            _flush_into(last, index, restorers)
+            if last:
+                yield {"choices": [{"index": index, "delta": last, "finish_reason": None}]}
 
 
-#: Fields that can identify the user or tie requests together: never sent off the device.
+#: Fields that can identify the user, tie requests together or ask the upstream to keep the
+#: conversation (``store``): never sent off the device.
 _ANONYMOUS: dict[str, Any] = {
     "user": None,
+    "store": None,
     "safety_identifier": None,
     "prompt_cache_key": None,
     "metadata": None,
 }
+
+
+def _flush_into(
+    delta: dict[str, Any], index: int, restorers: dict[tuple[int, int], StreamRestorer]
+) -> None:
+    """Add what the restorers of one choice still hold to its last delta, where it belongs."""
+    for key in sorted(k for k in restorers if k[0] == index):
+        rest = restorers.pop(key).flush()
+        if not rest:
+            continue
+        if key[1] == -1:
+            delta["content"] = (delta.get("content") or "") + rest
+        else:
+            delta.setdefault("tool_calls", []).append(
+                {"index": key[1], "function": {"arguments": rest}}
+            )
 
 
 def _user(principal: Principal, request: ChatRequest) -> str | None:

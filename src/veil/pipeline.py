@@ -115,6 +115,9 @@ class Pipeline:
             self.reject(ctx, exc, request, policy=policy or _denied(exc))
             raise
         reason = f"{route.reason}; {policy}"
+        if clearance.unconsented:
+            names = ", ".join(d.provider.name for d in clearance.unconsented)
+            reason += f"; skipped {names} (no consent)"
         last = len(clearance.deployments) - 1
         for attempt, deployment in enumerate(clearance.deployments):
             served = Route(route.requested, route.model, deployment, reason)
@@ -192,8 +195,10 @@ class Pipeline:
         started = False
         ident = {"id": "chatcmpl-" + ctx.request_id, "model": route.model.name}
         upstream = deployment.provider.stream(outbound.request, deployment.model, state)
+        if outbound.pseudonymizer is not None:  # one generator layer less when nothing to restore
+            upstream = self._gate.restore_stream(upstream, outbound)
         try:
-            async for chunk in self._gate.restore_stream(upstream, outbound):
+            async for chunk in upstream:
                 started = True
                 yield {**ident, **chunk, "id": ident["id"], "model": ident["model"]}
             status, code = 200, None

@@ -91,7 +91,7 @@ class PolicyEngine:
             provider.tier == "partner"
             and own is not None
             and own.partners is not None
-            and provider.partner not in own.partners
+            and (provider.partner or "").lower() not in {p.lower() for p in own.partners}
         ):
             return Denial(
                 deployment, f"partners:{tenant}", f"{provider.partner} is not in the tenant's list"
@@ -99,7 +99,9 @@ class PolicyEngine:
         if provider.tier == "device":
             return None
         for hosting in self._hosting:
-            if provider.partner == hosting.partner and provider.cloud not in hosting.allowed_clouds:
+            if (provider.partner or "").lower() == hosting.partner.lower() and (
+                provider.cloud or ""
+            ).lower() not in {c.lower() for c in hosting.allowed_clouds}:
                 return Denial(
                     deployment,
                     hosting.name,

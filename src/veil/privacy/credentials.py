@@ -40,7 +40,9 @@ _PROVIDER = re.compile(
     )(?![\w-])""",
     re.VERBOSE,
 )
-_PROVIDER_HINT = re.compile(r"sk-|sk_|rk_|AKIA|ASIA|AGPA|AIDA|AROA|ANPA|AIPA|gh[pousr]_|github_pat_|glpat-|xox|AIza|hf_|npm_|SG\.|eyJ")
+_PROVIDER_HINT = re.compile(
+    r"sk-|sk_|rk_|AKIA|ASIA|AGPA|AIDA|AROA|ANPA|AIPA|gh[pousr]_|github_pat_|glpat-|xox|AIza|hf_|npm_|SG\.|eyJ"
+)
 
 # postgres://user:PASSWORD@host — http(s) URLs are the URL type's, whole.
 _CONN_PASSWORD = re.compile(
@@ -48,9 +50,11 @@ _CONN_PASSWORD = re.compile(
     r"oracle|sftp|smtps?|ldaps?|clickhouse|snowflake)://[^\s:/@]+:([^\s@/]+)@",
     re.IGNORECASE,
 )
-_SECRET_NAME = r"[\w.-]*?(?:api[_-]?key|apikey|secret|token|passw(?:or)?d|passwd|pwd|access[_-]?key|private[_-]?key|auth[_-]?key|credentials?)[\w.-]*"
+# Bounded on both sides: unbounded, a long run of "api_key_api_key_…" backtracks quadratically.
+_SECRET_NAME = r"[\w.-]{0,40}?(?:api[_-]?key|apikey|secret|token|passw(?:or)?d|passwd|pwd|access[_-]?key|private[_-]?key|auth[_-]?key|credentials?)[\w.-]{0,40}"  # noqa: S105 - a pattern, not a password
 _ASSIGNMENT = re.compile(
-    rf"(?i)(?<![\w.-])[\"']?({_SECRET_NAME})[\"']?\s*(?::=|=>|=|:)\s*[\"']?([^\s\"'`,;{{}}()<>\[\]]+)"
+    rf"(?i)(?<![\w.-])[\"']?({_SECRET_NAME})[\"']?\s*(?::=|=>|=|:)\s*"
+    rf"(?:\"([^\"\s]+)\"|'([^'\s]+)'|([^\s\"'`,;{{}}()<>\[\]]+))"
 )
 _BEARER = re.compile(r"(?i)\bbearer\s+([A-Za-z0-9._~+/-]{16,}=*)")
 _PROSE_PASSWORD = re.compile(
@@ -63,7 +67,7 @@ _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}
 _PLACEHOLDER = re.compile(
     r"(?i)^(?:[*x.•#_-]+|<[^>]*>?|\$\{?\w+\}?|\{\{?[\w.]*\}?\}?|%\(?\w*\)?s|\w*(?:x{4,}|\*{3,})\w*|"
     r"password|passwd|pass|secret|token|changeme|none|null|true|false|example|redacted|"
-    r"your[\w-]*|my[\w-]*|env|getenv|process\.env.*|os\.environ.*|settings\..*|config\..*|"
+    r"your[\w-]*|env|getenv|process\.env.*|os\.environ.*|settings\..*|config\..*|"
     r"self\..*|[a-z_]+\.[a-z_.]+|[a-z]+(?:_[a-z]+)+)$"
 )
 _TRAILING = ".,;:!?)]}\"'"
@@ -80,7 +84,11 @@ def looks_random(value: str, min_len: int = 16, min_entropy: float = 3.3) -> boo
     if len(value) < min_len or entropy(value) < min_entropy:
         return False
     classes = sum(
-        (any(c.islower() for c in value), any(c.isupper() for c in value), any(c.isdigit() for c in value))
+        (
+            any(c.islower() for c in value),
+            any(c.isupper() for c in value),
+            any(c.isdigit() for c in value),
+        )
     )
     return classes >= 2
 
@@ -117,15 +125,18 @@ def find_api_keys(text: str) -> Iterator[SpanPos]:
 
 def _assignments(text: str) -> Iterator[SpanPos]:
     for m in _ASSIGNMENT.finditer(text):
-        name, value = m.group(1).lower(), m.group(2)
-        start, end = _strip(text, *m.span(2))
+        name = m.group(1).lower()
+        quoted = 2 if m.group(2) is not None else 3 if m.group(3) is not None else 0
+        start, end = m.span(quoted) if quoted else _strip(text, *m.span(4))
         value = text[start:end]
         if not value or _is_placeholder(value):
             continue
         if any(p in name for p in ("pass", "pwd")):
             if len(value) >= 4 and not value.isdigit():
                 yield start, end
-        elif name.endswith(("_id", "-id", ".id", "_url", "-url", "_file", "_path", "_name", "_type")):
+        elif name.endswith(
+            ("_id", "-id", ".id", "_url", "-url", "_file", "_path", "_name", "_type")
+        ):
             continue
         elif looks_random(value) or _UUID.fullmatch(value):
             yield start, end
@@ -143,9 +154,7 @@ def _near_key_words(text: str) -> Iterator[SpanPos]:
             continue
         line_start = text.rfind("\n", 0, m.start()) + 1
         before = text[max(line_start, m.start() - 40) : m.start()]
-        key = None
-        for key in _KEY_WORD.finditer(before):
-            pass
-        if key is None or _HASH_WORD.search(before, key.end()):
-            continue
+        keys = list(_KEY_WORD.finditer(before))
+        if not keys or _HASH_WORD.search(before, keys[-1].end()):
+            continue  # no key word just before, or "token ... commit <sha>"
         yield m.span()

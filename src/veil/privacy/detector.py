@@ -1,17 +1,25 @@
-"""``PiiDetector``: Presidio's AnalyzerEngine with Veil's recognizers, cheap until it is not."""
+"""``PiiDetector``: Presidio's AnalyzerEngine with Veil's recognizers, cheap until it is not.
+
+Importing this module is cheap too: Presidio, spaCy and the model load in :meth:`warm`
+(or on first use), so the ``veil`` command does not pay for them unless it detects.
+"""
 
 from __future__ import annotations
 
 import threading
 from bisect import bisect_right
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-from presidio_analyzer import AnalyzerEngine, RecognizerResult
-
-from veil.privacy.names import WindowedSpacyEngine
-from veil.privacy.recognizers import NER_SCORE, build_analyzer
 from veil.privacy.span import ALL_TYPES, Span
 
+if TYPE_CHECKING:
+    from presidio_analyzer import AnalyzerEngine, RecognizerResult
+
+    from veil.privacy.names import WindowedSpacyEngine
+
+#: The score of a name found by the NER; every validated pattern scores above it.
+NER_SCORE = 0.5
 _NAME_TYPES = frozenset({"PERSON", "LOCATION"})
 
 
@@ -24,7 +32,7 @@ class PiiDetector:
     """
 
     def __init__(self) -> None:
-        self._nlp = WindowedSpacyEngine()
+        self._nlp: WindowedSpacyEngine | None = None
         self._analyzer: AnalyzerEngine | None = None
         self._lock = threading.Lock()
 
@@ -32,20 +40,25 @@ class PiiDetector:
         """Load everything now (blocking: call it off the event loop)."""
         self._engine()
 
-    def _engine(self) -> AnalyzerEngine:
-        analyzer = self._analyzer
-        if analyzer is None:
+    def _engine(self) -> tuple[AnalyzerEngine, WindowedSpacyEngine]:
+        analyzer, nlp = self._analyzer, self._nlp
+        if analyzer is None or nlp is None:
             with self._lock:
-                if self._analyzer is None:
-                    self._nlp.load()
-                    self._analyzer = build_analyzer(self._nlp)
-                analyzer = self._analyzer
-        return analyzer
+                if self._analyzer is None or self._nlp is None:
+                    from veil.privacy.names import WindowedSpacyEngine
+                    from veil.privacy.recognizers import build_analyzer
+
+                    engine = WindowedSpacyEngine()
+                    engine.load()
+                    self._analyzer = build_analyzer(engine)
+                    self._nlp = engine
+                analyzer, nlp = self._analyzer, self._nlp
+        return analyzer, nlp
 
     @property
     def ner_calls(self) -> int:
         """How many texts needed the NER so far (the rest were served by patterns alone)."""
-        return self._nlp.calls
+        return self._nlp.calls if self._nlp is not None else 0
 
     def detect(self, text: str, types: frozenset[str] = ALL_TYPES) -> list[Span]:
         """Spans of ``types`` in ``text``: sorted by start and never overlapping."""
@@ -54,8 +67,8 @@ class PiiDetector:
             raise ValueError(f"unknown PII types: {', '.join(sorted(unknown))}")
         if not text or not types:
             return []
-        analyzer = self._engine()
-        artifacts = self._nlp.artifacts(text, want_names=bool(types & _NAME_TYPES))
+        analyzer, nlp = self._engine()
+        artifacts = nlp.artifacts(text, want_names=bool(types & _NAME_TYPES))
         results = analyzer.analyze(
             text, language="en", entities=sorted(types), nlp_artifacts=artifacts
         )

@@ -65,6 +65,9 @@ def find_emails(text: str) -> Iterator[SpanPos]:
         # git@github.com:owner/repo.git is an SSH remote, not somebody's mailbox.
         if _SSH_REMOTE_AFTER.match(text, m.end()):
             continue
+        token_start = max(text.rfind(c, 0, m.start()) for c in " \t\n\"'(") + 1
+        if "://" in text[token_start : m.start()]:
+            continue  # scheme://user:password@host is a URL's userinfo, not a mailbox
         if has_public_suffix(m.group(1)):
             yield m.span()
 
@@ -101,7 +104,9 @@ def find_urls(text: str) -> Iterator[SpanPos]:
 # --------------------------------------------------------------------- IP address
 
 _IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?!\w|\.\d)")
-_IPV6 = re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|(?:\d{1,3}\.){3}\d{1,3})?(?![\w:])")
+_IPV6 = re.compile(
+    r"(?<![\w:.])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,8}(?:\.\d{1,3}){0,3}(?!\w|[.:]\w)"
+)
 
 
 def find_ips(text: str) -> Iterator[SpanPos]:
@@ -116,13 +121,16 @@ def find_ips(text: str) -> Iterator[SpanPos]:
     if "::" in text or text.count(":") >= 5:
         for m in _IPV6.finditer(text):
             value = m.group()
+            start, end = m.span()
+            if value.endswith(":") and not value.endswith("::"):
+                value, end = value[:-1], end - 1  # "from fe80::1: denied"
             if sum(1 for group in value.split(":") if group) < 2:
                 continue  # "::1", Python's "[::2]" slices
             try:
                 ipaddress.IPv6Address(value)
             except ValueError:
                 continue
-            yield m.span()
+            yield start, end
 
 
 # ------------------------------------------------------------------- phone number
@@ -161,13 +169,18 @@ def find_phones(text: str) -> Iterator[SpanPos]:
     taken: list[SpanPos] = []
     if "+" in text:
         for m in _PHONE_INTL.finditer(text):
-            value = m.group()
+            start, end = m.span()
+            if text[end - 1] == ")" and text.count("(", start, end) < text.count(")", start, end):
+                end -= 1  # "(phone +49 151 23456789)": the parenthesis is the sentence's
+            value = text[start:end]
             try:
                 number = phonenumbers.parse(value, None)
             except phonenumbers.NumberParseException:
                 continue
-            if phonenumbers.is_valid_number(number):
-                taken.append(m.span())
+            # Possible, not valid: numbers in ranges kept for fiction (+44 7700 900xxx) are
+            # written exactly like real ones.
+            if phonenumbers.is_possible_number(number):
+                taken.append((start, end))
     for m in _PHONE_NANP.finditer(text):
         digits = re.sub(r"\D", "", m.group())
         if _nanp_ok(digits):
@@ -214,9 +227,11 @@ def _card_prefix_ok(d: str) -> bool:
         or 51 <= n2 <= 55
         or 2221 <= n4 <= 2720  # Mastercard
         or n2 in (34, 37)  # Amex
-        or d.startswith(("6011", "65")) or 644 <= int(d[:3]) <= 649  # Discover
+        or d.startswith(("6011", "65"))
+        or 644 <= int(d[:3]) <= 649  # Discover
         or 3528 <= n4 <= 3589  # JCB
-        or n2 in (36, 38, 39) or 300 <= int(d[:3]) <= 305  # Diners
+        or n2 in (36, 38, 39)
+        or 300 <= int(d[:3]) <= 305  # Diners
         or d.startswith(("62", "81"))  # UnionPay
     )
 
@@ -360,23 +375,23 @@ _STREET_TYPES = (
     r"Terrace|Square|Sq|Parkway|Pkwy|Highway|Hwy|Close|Crescent|Circle|Cir|Row|Mews|Gardens)"
 )
 _STREET = re.compile(
-    rf"(?<![\w-])\d{{1,5}}[A-Za-z]?,?\s+(?:(?:[NSEW]|North|South|East|West)\.?\s+)?"
-    rf"(?:[A-Z][a-z]+\.?\s+){{1,3}}{_STREET_TYPES}\b"
+    rf"(?<![\w-])\d{{1,5}}[A-Za-z]?,? +(?:(?:[NSEW]|North|South|East|West)\.? +)?"
+    rf"(?:[A-Z][a-z]+\.? +){{1,3}}{_STREET_TYPES}\b"
 )
 _STRASSE = re.compile(
     r"(?<![\w-])[A-ZÄÖÜ][a-zäöüß]+(?:straße|strasse|weg|gasse|platz|allee|ring|damm)"
-    r"\s+\d{1,4}[a-z]?(?![\w-])"
+    r" +\d{1,4}[a-z]?(?![\w-])"
 )
 _RUE = re.compile(
-    r"(?<![\w-])\d{1,4}(?:\s?(?:bis|ter))?,?\s+(?:rue|avenue|boulevard|place|chemin|allée|quai)"
-    r"\s+(?:(?:de\s+la|de\s+l'|du|des|de|d')\s*)?[A-ZÉ][\w'-]+(?:\s+[A-ZÉ][\w'-]+){0,3}"
+    r"(?<![\w-])\d{1,4}(?: ?(?:bis|ter))?,? +(?:rue|avenue|boulevard|place|chemin|allée|quai)"
+    r" +(?:(?:de la|de l'|du|des|de|d') *)?[A-ZÉ][\w'-]+(?: +[A-ZÉ][\w'-]+){0,3}"
 )
 _US_STATES = (
-    "AL AK AZ AR CA CO CT DE FL GA HI ID IL IN IA KS KY LA ME MD MA MI MN MS MO MT NE NV NH NJ "
-    "NM NY NC ND OH OK OR PA RI SC SD TN TX UT VT VA WA WV WI WY DC"
-).split()
+    "AL|AK|AZ|AR|CA|CO|CT|DE|FL|GA|HI|ID|IL|IN|IA|KS|KY|LA|ME|MD|MA|MI|MN|MS|MO|MT|"
+    "NE|NV|NH|NJ|NM|NY|NC|ND|OH|OK|OR|PA|RI|SC|SD|TN|TX|UT|VT|VA|WA|WV|WI|WY|DC"
+)
 _CITY_STATE_ZIP = re.compile(
-    rf"(?<![\w-])([A-Z][a-z]+(?:[ -][A-Z][a-z]+){{0,2}}),\s+({'|'.join(_US_STATES)})\s+\d{{5}}(?:-\d{{4}})?(?!\w)"
+    rf"(?<![\w-])([A-Z][a-z]+(?:[ -][A-Z][a-z]+){{0,2}}),\s+({_US_STATES})\s+\d{{5}}(?:-\d{{4}})?(?!\w)"
 )
 
 

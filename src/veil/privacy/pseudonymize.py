@@ -12,13 +12,16 @@ become ``<PERSON_1>``. In ``block`` mode it counts what was found and caused the
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from veil.errors import PermissionDenied
-from veil.privacy.detector import PiiDetector
 from veil.privacy.span import ALL_TYPES, PII_TYPES
+
+if TYPE_CHECKING:
+    from veil.privacy.detector import PiiDetector
 
 Mode = Literal["pseudonymize", "redact", "block"]
 _PLACEHOLDER = re.compile(r"<(" + "|".join(PII_TYPES) + r")_(\d+)>")
@@ -91,15 +94,25 @@ class Pseudonymizer:
             self._longest = max(self._longest, len(placeholder))
         return placeholder
 
-    def restore(self, text: str) -> str:
-        """Known placeholders back to their values; anything else is left as it is."""
+    def restore(self, text: str, *, json_string: bool = False) -> str:
+        """Known placeholders back to their values; anything else is left as it is.
+
+        ``json_string``: the text is the inside of a JSON string (tool-call arguments), so
+        values are escaped — a quote or backslash in a value must not break the JSON."""
         if not self._by_placeholder or "<" not in text:
             return text
         known = self._by_placeholder
-        return _PLACEHOLDER.sub(lambda m: known.get(m.group(), m.group()), text)
 
-    def stream_restorer(self) -> StreamRestorer:
-        return StreamRestorer(self)
+        def value(match: re.Match[str]) -> str:
+            found = known.get(match.group())
+            if found is None:
+                return match.group()
+            return json.dumps(found, ensure_ascii=False)[1:-1] if json_string else found
+
+        return _PLACEHOLDER.sub(value, text)
+
+    def stream_restorer(self, *, json_string: bool = False) -> StreamRestorer:
+        return StreamRestorer(self, json_string=json_string)
 
     def is_placeholder_prefix(self, fragment: str) -> bool:
         """Whether ``fragment`` is the start (and not the whole) of a placeholder issued here."""
@@ -117,8 +130,9 @@ class StreamRestorer:
     request issued ("<PER", "<PERSON_1"), so at most one placeholder's length minus one.
     """
 
-    def __init__(self, pseudonymizer: Pseudonymizer) -> None:
+    def __init__(self, pseudonymizer: Pseudonymizer, *, json_string: bool = False) -> None:
         self._p = pseudonymizer
+        self._json = json_string
         self._held = ""
 
     def feed(self, piece: str) -> str:
@@ -127,14 +141,14 @@ class StreamRestorer:
         cut = buffer.rfind("<")
         if cut >= 0 and self._p.is_placeholder_prefix(buffer[cut:]):
             self._held = buffer[cut:]
-            return self._p.restore(buffer[:cut])
+            return self._p.restore(buffer[:cut], json_string=self._json)
         self._held = ""
-        return self._p.restore(buffer)
+        return self._p.restore(buffer, json_string=self._json)
 
     def flush(self) -> str:
         """At the end of the stream: whatever is still held, restored as far as possible."""
         held, self._held = self._held, ""
-        return self._p.restore(held)
+        return self._p.restore(held, json_string=self._json)
 
     @property
     def held(self) -> int:

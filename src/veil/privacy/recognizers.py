@@ -24,13 +24,13 @@ from presidio_analyzer.context_aware_enhancers import ContextAwareEnhancer
 from presidio_analyzer.nlp_engine import NlpArtifacts
 
 from veil.privacy import credentials, patterns
+from veil.privacy.detector import NER_SCORE
 from veil.privacy.names import NameArtifacts, WindowedSpacyEngine, clean_name
 
 Finder = Callable[[str], Iterable[tuple[int, int]]]
-NER_SCORE = 0.5
 
 
-class PatternFinderRecognizer(EntityRecognizer):  # type: ignore[misc]
+class PatternFinderRecognizer(EntityRecognizer):
     """One entity type found by a validated fast path."""
 
     def __init__(self, entity: str, finder: Finder, score: float, name: str) -> None:
@@ -51,13 +51,14 @@ class PatternFinderRecognizer(EntityRecognizer):  # type: ignore[misc]
         ]
 
 
-class NameRecognizer(EntityRecognizer):  # type: ignore[misc]
+class NameRecognizer(EntityRecognizer):
     """PERSON and LOCATION from the windowed NER, trimmed of titles and vetted."""
 
-    def __init__(self) -> None:
+    def __init__(self, engine: WindowedSpacyEngine) -> None:
         super().__init__(
             supported_entities=["PERSON", "LOCATION"], name="VeilNames", supported_language="en"
         )
+        self.engine = engine
 
     def load(self) -> None:
         pass
@@ -71,13 +72,13 @@ class NameRecognizer(EntityRecognizer):  # type: ignore[misc]
         for start, end, label in nlp_artifacts.names:
             if label not in entities:
                 continue
-            cleaned = clean_name(text, start, end, label)
+            cleaned = clean_name(text, start, end, label, self.engine.is_ordinary)
             if cleaned is not None:
                 results.append(RecognizerResult(label, cleaned[0], cleaned[1], NER_SCORE))
         return results
 
 
-class _NoContextEnhancer(ContextAwareEnhancer):  # type: ignore[misc]
+class _NoContextEnhancer(ContextAwareEnhancer):
     """Context is part of each fast path already; lemma-based boosting would need a parser."""
 
     def __init__(self) -> None:
@@ -99,7 +100,7 @@ class _NoContextEnhancer(ContextAwareEnhancer):  # type: ignore[misc]
         return raw_results
 
 
-def veil_recognizers() -> list[EntityRecognizer]:
+def veil_recognizers(nlp_engine: WindowedSpacyEngine) -> list[EntityRecognizer]:
     p, c = patterns, credentials
     return [
         PatternFinderRecognizer("EMAIL_ADDRESS", p.find_emails, 0.95, "VeilEmail"),
@@ -112,13 +113,15 @@ def veil_recognizers() -> list[EntityRecognizer]:
         PatternFinderRecognizer("DATE_OF_BIRTH", p.find_birth_dates, 0.9, "VeilBirthDate"),
         PatternFinderRecognizer("API_KEY", c.find_api_keys, 0.95, "VeilApiKey"),
         PatternFinderRecognizer("LOCATION", p.find_addresses, 0.85, "VeilAddress"),
-        NameRecognizer(),
+        NameRecognizer(nlp_engine),
     ]
 
 
 def build_analyzer(nlp_engine: WindowedSpacyEngine) -> AnalyzerEngine:
     patterns.pin_tldextract_offline()
-    registry = RecognizerRegistry(recognizers=veil_recognizers(), supported_languages=["en"])
+    registry = RecognizerRegistry(
+        recognizers=veil_recognizers(nlp_engine), supported_languages=["en"]
+    )
     return AnalyzerEngine(
         registry=registry,
         nlp_engine=nlp_engine,

@@ -114,5 +114,5 @@ class Router:
                     param="model",
                 )
             entry, reason = found, "model named in request"
-        # Failover across deployments comes with the routing issue; for now, the first.
+        # The first deployment; the pipeline applies policy and consent to the whole chain.
         return Route(name, entry, entry.deployments[0], reason)
