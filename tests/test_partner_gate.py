@@ -331,7 +331,9 @@ def test_personal_data_canaries_never_reach_the_partner_nor_disk(
     finally:
         server.stop()
     for answer in (plain.choices[0].message.content or "", streamed):
-        assert email in answer and phone in answer and ip in answer  # restored for the user
+        assert email in answer
+        assert phone in answer
+        assert ip in answer
     sent = json.dumps([r.body for r in upstream.received[before:]])
     for value in (email, phone, ip, f"user-{tag}"):
         assert value not in sent  # never left the gateway
