@@ -78,8 +78,11 @@ def server(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream) -> Iter
 
 
 @pytest.fixture
-def client(server: VeilServer) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.url + "/v1", api_key=ADMIN_KEY, max_retries=0, timeout=60)
+def client(server: VeilServer) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(
+        base_url=server.url + "/v1", api_key=ADMIN_KEY, max_retries=0, timeout=60
+    ) as sdk:
+        yield sdk
 
 
 @pytest.fixture

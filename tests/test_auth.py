@@ -77,9 +77,11 @@ def test_wrong_key_or_scheme_is_401(fake_server: VeilServer, header: str) -> Non
 
 
 def test_official_sdk_with_a_wrong_key_gets_authentication_error(fake_server: VeilServer) -> None:
-    client = openai.OpenAI(base_url=fake_server.url + "/v1", api_key="veil-wrong", max_retries=0)
-    with pytest.raises(openai.AuthenticationError):
-        client.models.list()
+    with (
+        openai.OpenAI(base_url=fake_server.url + "/v1", api_key="veil-wrong", max_retries=0) as c,
+        pytest.raises(openai.AuthenticationError),
+    ):
+        c.models.list()
 
 
 def test_cli_keys_create_list_revoke(fake_server: VeilServer) -> None:

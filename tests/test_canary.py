@@ -43,9 +43,12 @@ def everything_written(server: VeilServer) -> bytes:
     return b"\n".join(blobs)
 
 
-def test_canaries_never_reach_disk_db_or_logs(canary_server: VeilServer) -> None:
+def test_canaries_never_reach_disk_db_or_logs(
+    canary_server: VeilServer, request: pytest.FixtureRequest
+) -> None:
     url = canary_server.url
     client = openai.OpenAI(base_url=url + "/v1", api_key=ADMIN_KEY, max_retries=0, timeout=60)
+    request.addfinalizer(client.close)
     admin = {"authorization": f"Bearer {ADMIN_KEY}"}
     sent: list[str] = []
 

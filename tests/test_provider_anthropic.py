@@ -95,14 +95,15 @@ models:
 
 
 @pytest.fixture
-def client(veil: VeilServer) -> openai.OpenAI:
-    return openai.OpenAI(
+def client(veil: VeilServer) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(
         base_url=veil.url + "/v1",
         api_key=ADMIN_KEY,
         max_retries=0,
         timeout=30,
         default_headers=CONSENT,
-    )
+    ) as sdk:
+        yield sdk
 
 
 def sent(anthropic: AnthropicServer, before: int) -> Received:
@@ -169,8 +170,10 @@ def test_the_user_reaches_anthropic_only_as_the_pipelines_pseudonym(
 
 def test_without_consent_nothing_is_sent(veil: VeilServer, anthropic: AnthropicServer) -> None:
     before = len(anthropic.received)
-    bare = openai.OpenAI(base_url=veil.url + "/v1", api_key=ADMIN_KEY, max_retries=0)
-    with pytest.raises(openai.PermissionDeniedError):
+    with (
+        openai.OpenAI(base_url=veil.url + "/v1", api_key=ADMIN_KEY, max_retries=0) as bare,
+        pytest.raises(openai.PermissionDeniedError),
+    ):
         bare.chat.completions.create(model="claude-ok", messages=HI)
     assert len(anthropic.received) == before
 

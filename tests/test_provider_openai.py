@@ -67,14 +67,15 @@ models:
 
 
 @pytest.fixture
-def client(veil: VeilServer) -> openai.OpenAI:
-    return openai.OpenAI(
+def client(veil: VeilServer) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(
         base_url=veil.url + "/v1",
         api_key=ADMIN_KEY,
         max_retries=0,
         timeout=30,
         default_headers=CONSENT,
-    )
+    ) as sdk:
+        yield sdk
 
 
 def test_request_says_store_false_and_carries_veils_credentials(
