@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tests.support.server import ADMIN_KEY, VeilServer, start_server
+from tests.support.server import ADMIN_KEY, VeilServer, start_server, usage_row
 
 ONE_AT_A_TIME = """
 providers:
@@ -39,17 +38,6 @@ def quick(server: VeilServer) -> httpx.Response:
         json={"model": "device", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2},
         timeout=60,
     )
-
-
-def usage_row(server: VeilServer, request_id: str) -> sqlite3.Row:
-    for _ in range(100):
-        with sqlite3.connect(server.home / "veil.db") as conn:
-            conn.row_factory = sqlite3.Row
-            row = conn.execute("SELECT * FROM usage WHERE id = ?", (request_id,)).fetchone()
-        if row is not None:
-            return row  # type: ignore[no-any-return]
-        time.sleep(0.05)
-    raise AssertionError(f"no usage row for {request_id}")
 
 
 def test_full_queue_answers_429_with_retry_after_and_recovers(device_server: VeilServer) -> None:

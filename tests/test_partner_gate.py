@@ -4,8 +4,6 @@ identity stripping — end to end, through a real `veil serve` and a real partne
 from __future__ import annotations
 
 import json
-import sqlite3
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -14,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from tests.support.server import ADMIN_KEY, VeilServer, start_server
+from tests.support.server import ADMIN_KEY, VeilServer, start_server, usage_row
 from tests.support.upstream import Upstream
 
 EMAIL = "jane.doe@example.org"
@@ -102,17 +100,6 @@ def client(server: VeilServer, key: str = ADMIN_KEY, consent: str | None = None)
         )
     )
     return _OPEN[-1]
-
-
-def usage_row(server: VeilServer, request_id: str) -> sqlite3.Row:
-    for _ in range(100):
-        with sqlite3.connect(server.home / "veil.db") as conn:
-            conn.row_factory = sqlite3.Row
-            row = conn.execute("SELECT * FROM usage WHERE id = ?", (request_id,)).fetchone()
-        if row is not None:
-            return row  # type: ignore[no-any-return]
-        time.sleep(0.05)
-    raise AssertionError(f"no usage row for {request_id}")
 
 
 def personal(text: str = "") -> list[dict[str, str]]:

@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterable, Iterator
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -231,19 +231,7 @@ PiiType = Literal[
     "URL",
     "API_KEY",
 ]
-ALL_PII_TYPES: tuple[PiiType, ...] = (
-    "PERSON",
-    "EMAIL_ADDRESS",
-    "PHONE_NUMBER",
-    "CREDIT_CARD",
-    "IBAN_CODE",
-    "US_SSN",
-    "IP_ADDRESS",
-    "LOCATION",
-    "DATE_OF_BIRTH",
-    "URL",
-    "API_KEY",
-)
+ALL_PII_TYPES: tuple[PiiType, ...] = get_args(PiiType)
 
 
 class PrivacyConfig(_Strict):

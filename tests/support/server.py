@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -89,3 +90,15 @@ def wait_ready(server: VeilServer, timeout: float = 120) -> None:
         time.sleep(0.1)
     server.stop()
     raise RuntimeError(f"veil serve was not ready in {timeout}s:\n{server.log}")
+
+
+def usage_row(server: VeilServer, request_id: str) -> sqlite3.Row:
+    """The usage row of a request, once the background writer has flushed it."""
+    for _ in range(100):
+        with sqlite3.connect(server.home / "veil.db") as conn:
+            conn.row_factory = sqlite3.Row
+            row = conn.execute("SELECT * FROM usage WHERE id = ?", (request_id,)).fetchone()
+        if row is not None:
+            return row  # type: ignore[no-any-return]
+        time.sleep(0.05)
+    raise AssertionError(f"no usage row for {request_id}")

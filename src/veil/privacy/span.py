@@ -4,19 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-PII_TYPES: tuple[str, ...] = (
-    "PERSON",
-    "EMAIL_ADDRESS",
-    "PHONE_NUMBER",
-    "CREDIT_CARD",
-    "IBAN_CODE",
-    "US_SSN",
-    "IP_ADDRESS",
-    "LOCATION",
-    "DATE_OF_BIRTH",
-    "URL",
-    "API_KEY",
-)
+from veil.config import ALL_PII_TYPES
+
+PII_TYPES: tuple[str, ...] = ALL_PII_TYPES  # one list, in the settings schema
 ALL_TYPES: frozenset[str] = frozenset(PII_TYPES)
 
 
