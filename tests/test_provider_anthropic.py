@@ -15,7 +15,8 @@ import openai
 import pytest
 
 from tests.conftest import db_path
-from tests.support.anthropic_server import TOOL_CALLS, AnthropicServer, Received
+from tests.support.anthropic_server import TOOL_CALLS, AnthropicServer
+from tests.support.local import Received
 from tests.support.server import ADMIN_KEY, VeilServer, start_server
 
 ANTHROPIC_KEY = "sk-ant-test-secret-0000"

@@ -27,16 +27,12 @@ Behaviour is picked by ``model``:
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
-from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
-from multidict import CIMultiDict
 
-from tests.support.upstream import free_port
+from tests.support.local import LocalServer
 
 USAGE = {"input_tokens": 21, "output_tokens": 7}
 TOOL_CALLS = [
@@ -54,52 +50,17 @@ ERROR_TYPES = {
 }
 
 
-@dataclass
-class Received:
-    path: str
-    headers: CIMultiDict[str]
-    body: dict[str, Any]
-
-
-@dataclass
-class AnthropicServer:
-    api_key: str
-    port: int = 0
-    received: list[Received] = field(default_factory=list)
-    _loop: asyncio.AbstractEventLoop | None = None
-    _thread: threading.Thread | None = None
+class AnthropicServer(LocalServer):
+    def __init__(self, api_key: str) -> None:
+        super().__init__()
+        self.api_key = api_key
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> AnthropicServer:
-        self.port = free_port()
-        ready = threading.Event()
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            app = web.Application()
-            app.router.add_post("/v1/messages", self._messages)
-            runner = web.AppRunner(app, access_log=None)
-            loop.run_until_complete(runner.setup())
-            loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port).start())
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(runner.cleanup())
-            loop.close()
-
-        self._thread = threading.Thread(target=run, daemon=True)
-        self._thread.start()
-        ready.wait(10)
-        return self
-
-    def stop(self) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread is not None:
-            self._thread.join(10)
+    def routes(self, app: web.Application) -> None:
+        app.router.add_post("/v1/messages", self._messages)
 
     # ------------------------------------------------------------------ the API
 
@@ -111,10 +72,9 @@ class AnthropicServer:
         if not request.headers.get("content-type", "").startswith("application/json"):
             return _error(400, "invalid_request_error", "content-type must be application/json")
         try:
-            body = await request.json()
+            body = (await self.record(request)).body
         except json.JSONDecodeError:
             return _error(400, "invalid_request_error", "the body is not valid JSON")
-        self.received.append(Received(request.path, CIMultiDict(request.headers), body))
         problem = _validate(body)
         if problem:
             return _error(400, "invalid_request_error", problem)

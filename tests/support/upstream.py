@@ -11,68 +11,28 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
-from multidict import CIMultiDict
+
+from tests.support.local import LocalServer, free_port
+
+__all__ = ["SLOW_SECONDS", "Upstream", "free_port"]
 
 SLOW_SECONDS = 3.0
 
 
-@dataclass
-class Received:
-    path: str
-    headers: CIMultiDict[str]
-    body: dict[str, Any]
-
-
-@dataclass
-class Upstream:
-    port: int = 0
-    received: list[Received] = field(default_factory=list)
-    _loop: asyncio.AbstractEventLoop | None = None
-    _runner: web.AppRunner | None = None
-    _thread: threading.Thread | None = None
-
+class Upstream(LocalServer):
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    def start(self) -> Upstream:
-        self.port = free_port()
-        ready = threading.Event()
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            app = web.Application()
-            app.router.add_post("/v1/chat/completions", self._chat)
-            self._runner = web.AppRunner(app, access_log=None)
-            loop.run_until_complete(self._runner.setup())
-            loop.run_until_complete(web.TCPSite(self._runner, "127.0.0.1", self.port).start())
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(self._runner.cleanup())
-            loop.close()
-
-        self._thread = threading.Thread(target=run, daemon=True)
-        self._thread.start()
-        ready.wait(10)
-        return self
-
-    def stop(self) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread is not None:
-            self._thread.join(10)
+    def routes(self, app: web.Application) -> None:
+        app.router.add_post("/v1/chat/completions", self._chat)
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
-        body = await request.json()
-        self.received.append(Received(request.path, CIMultiDict(request.headers), body))
+        body = (await self.record(request)).body
         model = body.get("model", "ok")
         last_user = next(
             (m.get("content") for m in reversed(body["messages"]) if m["role"] == "user"), ""
@@ -152,9 +112,3 @@ class Upstream:
             await resp.write(b"data: " + json.dumps(tail).encode() + b"\n\n")
         await resp.write(b"data: [DONE]\n\n")
         return resp
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
