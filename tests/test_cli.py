@@ -99,3 +99,49 @@ def test_default_model_may_name_a_provider_offered_model(tmp_path: Path) -> None
     result = run(tmp_path, "ask", "x", "--config", str(config))
     assert result.returncode == 2
     assert "default_model: no model named 'fake/nope'" in result.stderr
+
+
+def test_consent_cli_grant_list_revoke_and_audit(tmp_path: Path) -> None:
+    assert (
+        run(
+            tmp_path, "consent", "grant", "--tenant", "acme", "--user", "u-1", "--partner", "openai"
+        ).returncode
+        == 0
+    )
+    listed = run(tmp_path, "consent", "list", "--tenant", "acme", "--user", "u-1")
+    assert "openai" in listed.stdout
+    assert (
+        run(
+            tmp_path,
+            "consent",
+            "revoke",
+            "--tenant",
+            "acme",
+            "--user",
+            "u-1",
+            "--partner",
+            "openai",
+        ).returncode
+        == 0
+    )
+    again = run(
+        tmp_path, "consent", "revoke", "--tenant", "acme", "--user", "u-1", "--partner", "openai"
+    )
+    assert again.returncode == 1
+    events = run(tmp_path, "consent", "events", "--tenant", "acme")
+    assert "grant" in events.stdout
+    assert "revoke" in events.stdout
+    assert "u-1" not in events.stdout  # users only as pseudonyms
+    bad = run(
+        tmp_path,
+        "consent",
+        "grant",
+        "--tenant",
+        "bad tenant!",
+        "--user",
+        "u",
+        "--partner",
+        "openai",
+    )
+    assert bad.returncode == 1
+    assert "tenant" in bad.stderr

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
-from veil.auth import pseudonym
+from veil.auth import TENANT_PATTERN, pseudonym
 from veil.errors import InvalidRequest
 from veil.store.db import as_utc
 from veil.store.models import Consent, ConsentEvent
@@ -109,6 +109,10 @@ class ConsentStore:
     # ------------------------------------------------------------ managing
 
     def grant(self, tenant: str, user: str, partner: str, via: str) -> ConsentInfo:
+        if not re.fullmatch(TENANT_PATTERN, tenant):
+            raise InvalidRequest("not a valid tenant name", param="tenant")
+        if not 0 < len(user) <= 256:
+            raise InvalidRequest("a user id is 1-256 characters", param="user")
         partner, user_hash = self._partner(partner), self._user(user)
         now = datetime.now(UTC)
         with Session(self._engine, expire_on_commit=False) as s, s.begin():
