@@ -17,10 +17,10 @@ import pytest
 from tests.conftest import db_path
 from tests.support.anthropic_server import TOOL_CALLS, AnthropicServer
 from tests.support.local import Received
+from tests.support.partner import partner_client
 from tests.support.server import ADMIN_KEY, VeilServer, start_server
 
 ANTHROPIC_KEY = "sk-ant-test-secret-0000"
-CONSENT = {"x-veil-consent": "*"}
 HI = [{"role": "user", "content": "Say hello."}]
 WEATHER_TOOL = {
     "type": "function",
@@ -97,13 +97,7 @@ models:
 
 @pytest.fixture
 def client(veil: VeilServer) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(
-        base_url=veil.url + "/v1",
-        api_key=ADMIN_KEY,
-        max_retries=0,
-        timeout=30,
-        default_headers=CONSENT,
-    ) as sdk:
+    with partner_client(veil) as sdk:
         yield sdk
 
 

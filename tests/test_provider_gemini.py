@@ -28,6 +28,7 @@ from tests.support.gemini_server import (
     GeminiServer,
 )
 from tests.support.openai_server import function_calls
+from tests.support.partner import assert_error_mapped, partner_client
 from tests.support.server import ADMIN_KEY, VeilServer, start_server
 from veil.chat import ChatRequest
 from veil.config import GeminiProviderConfig
@@ -35,7 +36,6 @@ from veil.errors import InvalidRequest
 from veil.providers.gemini import SKIP_SIGNATURE, GeminiProvider, gemini_error_code
 
 GEMINI_KEY = "gemini-test-key-0123456789"
-CONSENT = {"x-veil-consent": "*"}
 BEHAVIOURS = ["ok", "echo", "tools", "max-tokens", "safety", "blocked", "cut"]
 ERRORS = [400, 401, 403, 429, 500, 503]
 HI: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say hello."}]
@@ -91,13 +91,7 @@ models:
 
 @pytest.fixture
 def client(veil: VeilServer) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(
-        base_url=veil.url + "/v1",
-        api_key=ADMIN_KEY,
-        max_retries=0,
-        timeout=30,
-        default_headers=CONSENT,
-    ) as sdk:
+    with partner_client(veil) as sdk:
         yield sdk
 
 
@@ -540,21 +534,11 @@ def test_blocked_prompt_is_a_content_filter_400(client: openai.OpenAI, stream: b
 def test_upstream_errors_are_mapped_without_their_message(
     client: openai.OpenAI, status: int, error: type[openai.APIStatusError], code: str, stream: bool
 ) -> None:
-    secret = "my secret prompt"
-    with pytest.raises(error) as info:
-        result = client.chat.completions.create(
-            model=f"gemini-error-{status}",
-            messages=[{"role": "user", "content": secret}],
-            stream=stream,
-        )
-        list(result)
-    expected = {400: 400, 401: 502, 403: 502, 429: 429, 500: 502, 503: 503}[status]
-    assert info.value.status_code == expected
-    assert info.value.code == code
-    assert secret not in info.value.response.text
-    assert "Gemini says no" not in info.value.response.text
+    err = assert_error_mapped(
+        client, f"gemini-error-{status}", status, error, code, stream, "Gemini says no"
+    )
     if status == 429:
-        assert int(info.value.response.headers["retry-after"]) >= 1
+        assert int(err.response.headers["retry-after"]) >= 1
 
 
 def test_truncated_stream_is_an_error(client: openai.OpenAI) -> None:

@@ -15,6 +15,7 @@ import pytest
 from openai.types.chat import ChatCompletionFunctionToolParam, ChatCompletionMessageParam
 
 from tests.support.openai_server import TOOL_CALLS, USAGE, OpenAIServer, function_calls
+from tests.support.partner import assert_error_mapped, partner_client
 from tests.support.server import ADMIN_KEY, VeilServer, start_server
 from veil.chat import ChatRequest
 from veil.config import OpenAICompatibleProviderConfig, OpenAIProviderConfig
@@ -22,7 +23,6 @@ from veil.providers.openai import OpenAIProvider
 from veil.providers.openai_compatible import OpenAICompatibleProvider
 
 OPENAI_KEY = "sk-openai-test-key-0123456789"
-CONSENT = {"x-veil-consent": "*"}
 BEHAVIOURS = ["ok", "echo", "tools", "length", "cut"]
 ERRORS = [400, 401, 403, 429, 500, 503]
 HI: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say hello."}]
@@ -68,13 +68,7 @@ models:
 
 @pytest.fixture
 def client(veil: VeilServer) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(
-        base_url=veil.url + "/v1",
-        api_key=ADMIN_KEY,
-        max_retries=0,
-        timeout=30,
-        default_headers=CONSENT,
-    ) as sdk:
+    with partner_client(veil) as sdk:
         yield sdk
 
 
@@ -216,21 +210,11 @@ def test_length_finish_reason(client: openai.OpenAI) -> None:
 def test_upstream_errors_are_mapped_without_their_message(
     client: openai.OpenAI, status: int, error: type[openai.APIStatusError], code: str, stream: bool
 ) -> None:
-    secret = "my secret prompt"
-    with pytest.raises(error) as info:
-        result = client.chat.completions.create(
-            model=f"openai-error-{status}",
-            messages=[{"role": "user", "content": secret}],
-            stream=stream,
-        )
-        list(result)
-    expected = {400: 400, 401: 502, 403: 502, 429: 429, 500: 502, 503: 503}[status]
-    assert info.value.status_code == expected
-    assert info.value.code == code
-    assert secret not in info.value.response.text
-    assert "upstream says no" not in info.value.response.text
+    err = assert_error_mapped(
+        client, f"openai-error-{status}", status, error, code, stream, "upstream says no"
+    )
     if status == 429:
-        assert info.value.response.headers["retry-after"] == "7"
+        assert err.response.headers["retry-after"] == "7"
 
 
 def test_truncated_stream_is_an_error(client: openai.OpenAI) -> None:

@@ -1,0 +1,45 @@
+"""What every partner provider's integration tests share: the consented SDK client and the
+check that an upstream error reaches the caller mapped, and without the upstream's words."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+
+from tests.support.server import ADMIN_KEY, VeilServer
+
+#: Upstream HTTP status → the status Veil answers with.
+MAPPED_STATUS = {400: 400, 401: 502, 403: 502, 429: 429, 500: 502, 503: 503}
+SECRET = "my secret prompt"
+
+
+def partner_client(veil: VeilServer) -> openai.OpenAI:
+    """An SDK client that consents to every partner (use it as a context manager)."""
+    return openai.OpenAI(
+        base_url=veil.url + "/v1",
+        api_key=ADMIN_KEY,
+        max_retries=0,
+        timeout=30,
+        default_headers={"x-veil-consent": "*"},
+    )
+
+
+def assert_error_mapped(
+    client: openai.OpenAI,
+    model: str,
+    status: int,
+    error: type[openai.APIStatusError],
+    code: str,
+    stream: bool,
+    upstream_words: str,
+) -> openai.APIStatusError:
+    with pytest.raises(error) as info:
+        result = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": SECRET}], stream=stream
+        )
+        list(result)
+    assert info.value.status_code == MAPPED_STATUS[status]
+    assert info.value.code == code
+    assert SECRET not in info.value.response.text
+    assert upstream_words not in info.value.response.text
+    return info.value
