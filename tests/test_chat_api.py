@@ -204,6 +204,9 @@ def test_usage_rows_are_written_with_metadata_only(
         "policy": "policy ok",
         "consent": None,
         "redactions": None,
+        "category": None,  # a named model: the task classifier did not run
+        "difficulty": None,
+        "attempts": 1,
     }
 
 
@@ -268,7 +271,8 @@ def test_configured_headers_take_env_secrets_and_never_duplicate_auth(
 
 def test_aliases_and_auto_name_what_they_resolve_to(client: openai.OpenAI) -> None:
     listed = {m.id: m.owned_by for m in client.models.list()}
-    assert listed["auto"] == listed["device"] == "veil (smollm2-135m-instruct)"
+    assert listed["device"] == "veil (smollm2-135m-instruct)"
+    assert listed["auto"] == "veil (routed by task)"
     assert client.models.retrieve("auto").owned_by == listed["auto"]
     assert client.models.retrieve("private").owned_by == "veil (private-ok)"
     assert client.models.retrieve("private-ok").owned_by == "upstream"

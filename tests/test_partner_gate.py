@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from tests.support.server import ADMIN_KEY, VeilServer, start_server, usage_row
+from tests.support.server import ADMIN_KEY, VeilServer, key_for, start_server, usage_row
 from tests.support.upstream import Upstream
 
 EMAIL = "jane.doe@example.org"
@@ -71,15 +71,6 @@ def http_for(gate_server: VeilServer) -> Iterator[Any]:
     yield make
     for c in opened:
         c.close()
-
-
-def key_for(server: VeilServer, tenant: str, user: str | None = None) -> str:
-    body: dict[str, Any] = {"tenant": tenant} | ({"user": user} if user else {})
-    r = httpx.post(
-        server.url + "/admin/keys", headers={"authorization": f"Bearer {ADMIN_KEY}"}, json=body
-    )
-    assert r.status_code == 201, r.text
-    return str(r.json()["key"])
 
 
 _OPEN: list[openai.OpenAI] = []

@@ -1,4 +1,4 @@
-"""The ``veil`` command: serve, keys, config check, ask and chat — thin fronts on the pipeline."""
+"""The ``veil`` command: serve, keys, consent, prefs, config check, ask and chat — thin fronts."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 import logging
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -21,11 +21,15 @@ import veil
 from veil.auth import KeyStore, Principal
 from veil.chat import ChatRequest, Message
 from veil.config import Config, ServerConfig, load_config
-from veil.errors import ConfigError, VeilError
+from veil.errors import ConfigError, InvalidRequest, VeilError
 from veil.home import default_database_url, veil_home
 from veil.pipeline import ChatResult, RequestContext
 from veil.policy import ConsentStore, parse_consent_header
 from veil.privacy.cli import pii_app
+from veil.routing import PreferenceStore
+from veil.routing.cli import route_app
+from veil.routing.preferences import check_category
+from veil.tasks import CATEGORIES
 
 app = typer.Typer(
     help="Veil: a private, multi-model AI gateway.",
@@ -38,11 +42,17 @@ keys_app = typer.Typer(help="Issue, list and revoke API keys.", no_args_is_help=
 consent_app = typer.Typer(
     help="A user's standing consents to partners, and their audit trail.", no_args_is_help=True
 )
+prefs_app = typer.Typer(
+    help="A user's preferred model per task category, used by model 'auto'.",
+    no_args_is_help=True,
+)
 config_app = typer.Typer(help="Check config files.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(config_app, name="config")
 app.add_typer(consent_app, name="consent")
+app.add_typer(prefs_app, name="prefs")
 app.add_typer(pii_app, name="pii")
+app.add_typer(route_app, name="route")
 
 out = Console()
 err = Console(stderr=True, soft_wrap=True)
@@ -163,9 +173,12 @@ def serve(
 
 
 def _engine(config: Path | None) -> Engine:
+    return _open_db(_load(config))
+
+
+def _open_db(cfg: Config) -> Engine:
     from veil.store import db
 
-    cfg = _load(config)
     engine = db.make_engine(cfg.database.url or default_database_url(veil_home()))
     db.migrate(engine)
     return engine
@@ -180,6 +193,24 @@ def _consents(config: Path | None) -> ConsentStore:
 
     engine = _engine(config)
     return ConsentStore(engine, db.install_salt(engine))
+
+
+def _preferences(config: Path | None, check_models: bool = False) -> PreferenceStore:
+    from veil.store import db
+
+    cfg = _load(config)
+    engine = _open_db(cfg)
+    known = _model_names(cfg) if check_models else None
+    return PreferenceStore(engine, db.install_salt(engine), known_model=known)
+
+
+def _model_names(cfg: Config) -> Callable[[str], bool]:
+    """The server's model check, from the config alone: builds the providers (which loads
+    no model and opens no connection) and the router, as ``veil serve`` would."""
+    from veil.providers import build_provider
+    from veil.routing import Router
+
+    return Router(cfg, {p.name: build_provider(p) for p in cfg.providers}).knows
 
 
 @keys_app.command("create")
@@ -290,6 +321,67 @@ def consent_events(
             e.via,
         )
     out.print(table)
+
+
+# ------------------------------------------------------------------------ prefs
+
+
+def _prefs_table(prefs: dict[str, str]) -> Table:
+    table = Table("category", "model")
+    for category, model in prefs.items():
+        table.add_row(category, model)
+    return table
+
+
+@prefs_app.command("show")
+def prefs_show(tenant: TenantOption, user: UserOption, config: ConfigOption = None) -> None:
+    """Show a user's preferred model per task category."""
+    with _errors():
+        prefs = _preferences(config).get(tenant, user)
+    if not prefs:
+        err.print("No preferences: model 'auto' uses the default routing for this user")
+        return
+    out.print(_prefs_table(prefs))
+
+
+@prefs_app.command("set")
+def prefs_set(
+    tenant: TenantOption,
+    user: UserOption,
+    pairs: Annotated[
+        list[str],
+        typer.Argument(
+            help="CATEGORY=MODEL pairs, e.g. code=claude-sonnet creative_writing=gpt-4o; "
+            "CATEGORY= removes one. Categories: " + ", ".join(CATEGORIES) + ", and '*' for "
+            "every other one (quote it in the shell).",
+            metavar="CATEGORY=MODEL",
+            show_default=False,
+        ),
+    ],
+    config: ConfigOption = None,
+) -> None:
+    """Set some of a user's preferences; the others are kept. Models are checked against
+    the models the config (--config) serves, as the server would check them."""
+    with _errors():
+        changes: dict[str, str] = {}
+        for pair in pairs:
+            category, sep, model = pair.partition("=")
+            if not sep:
+                raise InvalidRequest(f"{pair[:64]!r} is not CATEGORY=MODEL")
+            changes[check_category(category.strip())] = model.strip()
+        store = _preferences(config, check_models=True)
+        prefs = store.get(tenant, user) | changes
+        prefs = store.replace(tenant, user, {c: m for c, m in prefs.items() if m})
+    err.print(f"Preferences saved for the user ({len(prefs)} categories)")
+    out.print(_prefs_table(prefs))
+
+
+@prefs_app.command("clear")
+def prefs_clear(tenant: TenantOption, user: UserOption, config: ConfigOption = None) -> None:
+    """Remove all of a user's preferences."""
+    with _errors():
+        count = _preferences(config).clear(tenant, user)
+    err.print(f"Cleared {count} preferences")
 
 
 # ------------------------------------------------------------------------ config

@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from veil.errors import ConfigError, ConfigProblem
+from veil.tasks import Category
 
 Tier = Literal["device", "private", "partner"]
 RESERVED_MODEL_NAMES = frozenset({"auto", "device"})
@@ -90,6 +91,8 @@ class Timeouts(_Strict):
     #: Longest silence between two bytes of the upstream's answer.
     read: float = Field(60.0, gt=0)
     total: float = Field(600.0, gt=0)
+    #: Seconds until the first token (enforced by Veil, per deployment overridable).
+    first_token: float | None = Field(None, gt=0)
 
 
 class ProviderIdentity(_Strict):
@@ -205,17 +208,32 @@ ProviderConfig = Annotated[
 ]
 
 
+class DeploymentTimeouts(_Strict):
+    """Deadlines Veil enforces on one deployment, whatever the provider's own timeouts."""
+
+    #: Seconds until the first token: a stream must have produced content by then, a plain
+    #: request its whole answer (the upstream sends nothing earlier).
+    first_token: float | None = Field(None, gt=0)
+    #: Seconds until the last token.
+    total: float | None = Field(None, gt=0)
+
+
 class DeploymentConfig(_Strict):
     provider: str
     #: The model's name at the provider (what is sent upstream).
     model: str
+    timeout: DeploymentTimeouts = Field(default_factory=DeploymentTimeouts)
 
 
 class ModelConfig(_Strict):
     name: str = Field(min_length=1)
     aliases: list[str] = Field(default_factory=list)
     deployments: list[DeploymentConfig] = Field(min_length=1)
+    #: Tokens the model reads and writes at most; ``model: auto`` skips it for requests
+    #: that would not fit.
     context_window: int | None = Field(None, ge=1)
+    #: Models tried, in order, when every deployment of this one has failed.
+    fallbacks: list[str] = Field(default_factory=list)
 
 
 PiiType = Literal[
@@ -243,6 +261,19 @@ class PrivacyConfig(_Strict):
     types: list[PiiType] = Field(default_factory=lambda: list(ALL_PII_TYPES))
 
 
+OnNoConsent = Literal["refuse", "stay_private"]
+#: A task category, or ``*`` for any.
+CategoryKey = Category | Literal["*"]
+
+
+class TenantRoutingConfig(_Strict):
+    """A tenant's own routing defaults; unset keys fall back to the global ``routing``."""
+
+    #: Task category (or ``*`` for any) → model, after the user's own preferences.
+    partner_defaults: dict[CategoryKey, str] = Field(default_factory=dict)
+    on_no_consent: OnNoConsent | None = None
+
+
 class TenantConfig(_Strict):
     name: str = Field(min_length=1)
     #: Where the tenant's data must stay (matched by ``policy.residency`` rules).
@@ -250,6 +281,7 @@ class TenantConfig(_Strict):
     #: Partners this tenant may reach at all (``None``: any the policy allows).
     partners: list[str] | None = None
     privacy: PrivacyConfig | None = None
+    routing: TenantRoutingConfig = Field(default_factory=TenantRoutingConfig)
 
 
 class HostingRule(_Strict):
@@ -282,6 +314,52 @@ class PolicyConfig(_Strict):
     entitlements: list[EntitlementRule] = Field(default_factory=list)
 
 
+class RetryConfig(_Strict):
+    """Retries of one deployment on a retryable failure (429, 502, 503, a dropped
+    connection) before the next deployment is tried. Timeouts are never retried: a
+    failover costs at most one timeout."""
+
+    #: Extra attempts after the first.
+    attempts: int = Field(1, ge=0, le=10)
+    #: Backoff before retry *n* is uniformly random in [0, min(max, base × 2^n)].
+    backoff: float = Field(0.05, ge=0)
+    backoff_max: float = Field(1.0, ge=0)
+
+
+class BreakerConfig(_Strict):
+    """A deployment's circuit breaker opens after ``failures`` failures in a row; after
+    ``cooldown`` seconds one probe request is let through (half-open)."""
+
+    failures: int = Field(5, ge=1)
+    cooldown: float = Field(30.0, gt=0)
+
+
+DEFAULT_DEVICE_SKILLS: tuple[Category, ...] = (
+    "chat",
+    "rewrite",
+    "summarize",
+    "extract",
+    "classify",
+)
+
+
+class RoutingConfig(_Strict):
+    """How ``model: "auto"`` picks a target, and how failures are handled."""
+
+    #: Task categories the device model answers when the request is simple and fits.
+    device_skills: list[Category] = Field(default_factory=lambda: list(DEFAULT_DEVICE_SKILLS))
+    #: Private-tier models for requests the device should not take, best first. Default:
+    #: every model in ``models`` whose deployments are all private.
+    private: list[str] | None = None
+    #: Task category (or ``*``) → model, after the user's own preferences.
+    partner_defaults: dict[CategoryKey, str] = Field(default_factory=dict)
+    #: Without the user's consent for the partner ``auto`` chose: ``refuse`` (403
+    #: ``consent_required``) or ``stay_private`` (answer from the best non-partner tier).
+    on_no_consent: OnNoConsent = "refuse"
+    retries: RetryConfig = Field(default_factory=RetryConfig)
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+
+
 def _default_providers() -> list[ProviderConfig]:
     return [LlamaCppProviderConfig(type="llama_cpp", name="device")]
 
@@ -291,8 +369,10 @@ class Config(_Strict):
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     providers: list[ProviderConfig] = Field(default_factory=_default_providers)
     models: list[ModelConfig] = Field(default_factory=list)
-    #: What ``model: "auto"`` means for now; default: the device model.
+    #: The last resort of ``model: "auto"``: what it uses when no rule names a target.
+    #: Default: the device model.
     default_model: str | None = None
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
     tenants: list[TenantConfig] = Field(default_factory=list)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     #: The default for tenants without a ``privacy`` of their own.

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -72,10 +72,11 @@ class Gate:
         self,
         principal: Principal,
         request: ChatRequest,
-        allowed: tuple[Deployment, ...],
+        allowed: Sequence[Deployment],
         header: frozenset[str],
     ) -> Clearance:
-        """Keep the deployments the user has consented to; 403 if no partner one is left."""
+        """Keep the deployments the user has consented to; the others are listed as
+        ``unconsented`` (the pipeline decides whether that is a 403)."""
         partners = {d.provider.partner for d in allowed if d.provider.tier == "partner"}
         if not partners:
             return Clearance(list(allowed), {})
@@ -89,16 +90,18 @@ class Gate:
         kept = [
             d for d in allowed if d.provider.tier != "partner" or d.provider.partner in consents
         ]
-        if not kept:
-            names = ", ".join(sorted(str(p) for p in partners))
-            raise ConsentRequired(
-                f"this request would be sent to {names}; the user has not consented. Ask the "
-                f"user, then send 'x-veil-consent: {sorted(str(p) for p in partners)[0]}' or "
-                "record a standing consent (POST /v1/consents)",
-                param="x-veil-consent",
-            )
         skipped = [d for d in allowed if d not in kept]
         return Clearance(kept, consents, skipped)
+
+    @staticmethod
+    def consent_required(deployments: Iterable[Deployment]) -> ConsentRequired:
+        partners = sorted({str(d.provider.partner) for d in deployments})
+        return ConsentRequired(
+            f"this request would be sent to {', '.join(partners)}; the user has not consented. "
+            f"Ask the user, then send 'x-veil-consent: {partners[0] if partners else '*'}' or "
+            "record a standing consent (POST /v1/consents)",
+            param="x-veil-consent",
+        )
 
     # ------------------------------------------------------------ protect
 

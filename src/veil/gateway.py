@@ -19,7 +19,8 @@ from veil.metrics import Metrics
 from veil.pipeline import Pipeline
 from veil.policy import ConsentStore, PolicyEngine
 from veil.providers import Provider, build_provider
-from veil.routing import Router
+from veil.providers.resilience import Breakers
+from veil.routing import PreferenceStore, Router
 from veil.store import db
 
 if TYPE_CHECKING:
@@ -43,6 +44,9 @@ class Gateway:
         salt = db.install_salt(self.engine)
         self.policy = PolicyEngine(config)
         self.consents = ConsentStore(self.engine, salt, config.server.key_cache_seconds)
+        self.preferences = PreferenceStore(
+            self.engine, salt, config.server.key_cache_seconds, known_model=self.router.knows
+        )
         self.detector: PiiDetector | None = None
         if any(p.tier == "partner" for p in self.providers.values()):
             from veil.privacy import PiiDetector
@@ -57,6 +61,9 @@ class Gateway:
             self.metrics,
             salt,
             auth_required=config.server.auth == "required",
+            preferences=self.preferences,
+            retries=config.routing.retries,
+            breakers=Breakers(config.routing.breaker, self.metrics.breaker_changed),
         )
         for name, provider in self.providers.items():
             if provider.queue_depth is not None:
@@ -67,11 +74,13 @@ class Gateway:
         """Load models before serving, so a bad model file is a clear error, not a crash."""
         for provider in self.providers.values():
             provider.prepare()
+        self.router.classifier  # noqa: B018 - load the task classifier now, not on a request
         if self.detector is not None:
             self.detector.warm()
 
     async def start(self) -> None:
         await asyncio.gather(*(p.start() for p in self.providers.values()))
+        await asyncio.to_thread(lambda: self.router.classifier)
         if self.detector is not None:
             await asyncio.to_thread(self.detector.warm)
         await self.recorder.start()

@@ -45,6 +45,31 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.upstream_attempts = Counter(
+            "veil_upstream_attempts",
+            "Calls to upstream deployments, by outcome (ok, an error code, breaker_open)",
+            ("provider", "model", "outcome"),
+            registry=self.registry,
+        )
+        self.breaker_state = Gauge(
+            "veil_breaker_state",
+            "Circuit breaker of each deployment: 0 closed, 1 half-open, 2 open",
+            ("provider", "model"),
+            registry=self.registry,
+        )
+        self.breaker_opened = Counter(
+            "veil_breaker_opened",
+            "Times a deployment's circuit breaker opened",
+            ("provider", "model"),
+            registry=self.registry,
+        )
+
+    def breaker_changed(self, provider: str, model: str, state: str) -> None:
+        value = {"closed": 0, "half_open": 1, "open": 2}[state]
+        self.breaker_state.labels(provider, model).set(value)
+        if state == "open":
+            self.breaker_opened.labels(provider, model).inc()
+
     def watch_queue(self, provider: str, depth: Callable[[], int]) -> None:
         self.queue_depth.labels(provider).set_function(depth)
 

@@ -9,9 +9,10 @@ slots in around dispatch when it lands.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,18 +20,20 @@ import orjson
 
 from veil.auth import DEV_PRINCIPAL, KeyStore, Principal, pseudonym
 from veil.chat import ChatRequest, Usage
-from veil.errors import VeilError
+from veil.config import BreakerConfig, RetryConfig
+from veil.errors import UpstreamTimeout, UpstreamUnavailable, VeilError
 from veil.gate import Clearance, Gate, Outbound
 from veil.ledger.usage import UsageRecord, UsageRecorder
 from veil.metrics import Metrics
 from veil.policy import PolicyEngine
 from veil.providers import StreamState
-from veil.routing import Route, Router
+from veil.providers.resilience import Breakers, backoff, is_timeout, retryable
+from veil.routing import Deployment, Route, Router
+from veil.routing.preferences import PreferenceStore
+from veil.routing.router import Candidate, Plan
 
 #: Status recorded when the caller went away before the answer was complete (nginx's 499).
 CLIENT_CLOSED = 499
-#: Failures after which the next allowed deployment is tried (before any chunk was sent).
-_FAILOVER_STATUSES = frozenset({429, 502, 503, 504})
 
 
 @dataclass(slots=True)
@@ -40,6 +43,12 @@ class RequestContext:
     #: Partners the caller consented to for this request (``x-veil-consent``).
     consent: frozenset[str] = frozenset()
     started: float = field(default_factory=time.perf_counter)
+    #: ``(category, difficulty)`` when the task classifier ran (``model: auto``).
+    task: tuple[str, str] | None = None
+    #: Upstream calls made so far (retries and failovers included).
+    attempts: int = 0
+    #: The policy decision, once made (for the usage row).
+    policy: str | None = None
 
 
 def route_headers(route: Route, outbound: Outbound | None = None) -> dict[str, str]:
@@ -72,6 +81,24 @@ class ChatStream:
     headers: dict[str, str]
 
 
+@dataclass(slots=True)
+class _Step:
+    """One deployment in the failover order, and why it is there."""
+
+    route: Route
+    outbound: Outbound | None = None
+
+
+class _Committed:
+    """Set once the first token is on its way to the caller: from then on the stream is
+    this request's answer, and its own end (however it ends) is what gets metered."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = False
+
+
 class Pipeline:
     def __init__(
         self,
@@ -83,6 +110,9 @@ class Pipeline:
         metrics: Metrics,
         salt: str,
         auth_required: bool = True,
+        preferences: PreferenceStore | None = None,
+        retries: RetryConfig | None = None,
+        breakers: Breakers | None = None,
     ) -> None:
         self.keys = keys
         self.router = router
@@ -92,6 +122,9 @@ class Pipeline:
         self._metrics = metrics
         self._salt = salt
         self._auth_required = auth_required
+        self._preferences = preferences
+        self._retries = retries or RetryConfig()
+        self.breakers = breakers or Breakers(BreakerConfig(), metrics.breaker_changed)
 
     # ------------------------------------------------------------ authenticate
 
@@ -103,70 +136,204 @@ class Pipeline:
     # ------------------------------------------------------------ route → … → meter
 
     async def chat(self, ctx: RequestContext, request: ChatRequest) -> ChatResult | ChatStream:
-        policy = None
         try:
-            route = self.router.route(request.model)
-            decision = self.policy.check(ctx.principal.tenant, route.model)
-            policy = decision.summary()
-            clearance = await self._gate.clear(
-                ctx.principal, request, decision.allowed, ctx.consent
-            )
+            plan = await self._plan(ctx, request)
+            steps, clearance, policy, notes = await self._clear(ctx, request, plan)
         except VeilError as exc:
-            self.reject(ctx, exc, request, policy=policy or _denied(exc))
+            self.reject(ctx, exc, request, policy=ctx.policy or _denied(exc))
             raise
-        reason = f"{route.reason}; {policy}"
+        return await self._dispatch_all(ctx, request, steps, clearance, policy, notes)
+
+    async def _plan(self, ctx: RequestContext, request: ChatRequest) -> Plan:
+        preferences: dict[str, str] = {}
+        if request.model == "auto" and self._preferences is not None:
+            user = ctx.principal.user or request.user
+            preferences = await self._preferences.cached(ctx.principal.tenant, user)
+        plan = self.router.plan(request, ctx.principal.tenant, preferences)
+        if plan.classification is not None:
+            ctx.task = (plan.classification.category, plan.classification.difficulty)
+        return plan
+
+    async def _clear(
+        self, ctx: RequestContext, request: ChatRequest, plan: Plan
+    ) -> tuple[list[_Step], Clearance, str, dict[str, str]]:
+        """Policy, then consent, over the whole plan: the deployments that may be tried, in
+        order; the policy summary; and extra headers (a privacy fallback is announced)."""
+        tenant = ctx.principal.tenant
+        allowed: list[tuple[Candidate, Deployment]] = []
+        summaries: list[str] = []
+        for candidate in plan.candidates:
+            decision = self.policy.decide(tenant, candidate.model)
+            allowed.extend((candidate, d) for d in decision.allowed)
+            if decision.denials:
+                summaries.append(decision.summary())
+        if not allowed:  # nothing in the plan may serve this tenant: name the rules
+            self.policy.check(tenant, plan.candidates[0].model)
+        ctx.policy = policy = "; ".join(summaries) or "policy ok"
+        clearance = await self._gate.clear(
+            ctx.principal, request, [d for _, d in allowed], ctx.consent
+        )
+        kept = set(clearance.deployments)
+        target = allowed[0][0]
+        notes: dict[str, str] = {}
+        if not any(d in kept for c, d in allowed if c is target):
+            # The target itself needs a consent the user has not given.
+            missing = [d for c, d in allowed if c is target]
+            if self.router.on_no_consent(tenant) == "refuse":
+                raise self._gate.consent_required(missing)
+            fallback = [
+                (c, d)
+                for c in plan.private_fallbacks
+                for d in self.policy.decide(tenant, c.model).allowed
+                if d.provider.tier != "partner"  # staying private means no partner at all
+            ]
+            if not fallback:
+                raise self._gate.consent_required(missing)
+            partners = ", ".join(sorted({str(d.provider.partner) for d in missing}))
+            notes["x-veil-consent-missing"] = partners
+            allowed = [
+                (Candidate(c.model, f"no consent for {partners}: stayed private; {c.rule}"), d)
+                for c, d in fallback
+            ]
+            kept = {d for _, d in allowed}
+        reason_tail = f"; {policy}"
         if clearance.unconsented:
-            names = ", ".join(d.provider.name for d in clearance.unconsented)
-            reason += f"; skipped {names} (no consent)"
-        last = len(clearance.deployments) - 1
-        for attempt, deployment in enumerate(clearance.deployments):
-            served = Route(route.requested, route.model, deployment, reason)
-            if attempt:
-                served = Route(route.requested, route.model, deployment, f"{reason}; failed over")
-            try:
-                return await self._dispatch(
-                    ctx, request, served, clearance, policy, attempt == last
-                )
-            except VeilError as exc:
-                if attempt == last or exc.status not in _FAILOVER_STATUSES:
+            names = ", ".join(sorted({d.provider.name for d in clearance.unconsented}))
+            reason_tail += f"; skipped {names} (no consent)"
+        steps = [
+            _Step(Route(plan.requested, c.model, d, plan.reason(c) + reason_tail))
+            for c, d in allowed
+            if d in kept
+        ]
+        return steps, clearance, policy, notes
+
+    async def _dispatch_all(
+        self,
+        ctx: RequestContext,
+        request: ChatRequest,
+        steps: list[_Step],
+        clearance: Clearance,
+        policy: str,
+        notes: dict[str, str],
+    ) -> ChatResult | ChatStream:
+        """Each deployment in turn, each retried on retryable failures, skipping those whose
+        breaker is open; a timeout moves on at once (a failover costs at most one timeout)."""
+        last_error: VeilError | None = None
+        last: _Step | None = None
+        failed_over = False
+        retry_after: float | None = None
+        wait: float | None
+        for step in steps:
+            deployment = step.route.deployment
+            provider = deployment.provider
+            breaker = self.breakers.get(provider.name, deployment.model)
+            if not breaker.allow():
+                self._metrics.upstream_attempts.labels(
+                    provider.name, deployment.model, "breaker_open"
+                ).inc()
+                wait = breaker.retry_after()
+                retry_after = wait if retry_after is None else min(retry_after, wait)
+                continue
+            if failed_over:
+                step.route = replace(step.route, reason=step.route.reason + "; failed over")
+            for attempt in range(1 + self._retries.attempts):
+                ctx.attempts += 1
+                last = step
+                try:
+                    result = await self._dispatch(ctx, request, step, clearance, policy)
+                except VeilError as exc:
+                    last_error = exc
+                    self._metrics.upstream_attempts.labels(
+                        provider.name, deployment.model, exc.code or "error"
+                    ).inc()
+                    if not retryable(exc):
+                        breaker.release()
+                        self._fail(ctx, request, step, exc, policy)
+                        raise
+                    breaker.failure()
+                    if is_timeout(exc) or attempt == self._retries.attempts:
+                        break
+                    wait = backoff(self._retries, attempt + 1, exc.retry_after)
+                    if wait is None or not breaker.allow():
+                        break
+                    await asyncio.sleep(wait)
+                    continue
+                except BaseException as exc:
+                    breaker.release()
+                    self._fail(ctx, request, step, exc, policy)
                     raise
-        raise AssertionError("unreachable: a clearance always holds a deployment")
+                breaker.success()
+                self._metrics.upstream_attempts.labels(provider.name, deployment.model, "ok").inc()
+                result.headers.update(notes)
+                return result
+            failed_over = True
+        if last_error is None or last is None:
+            error: VeilError = UpstreamUnavailable(
+                "every deployment that may serve this request is failing (circuit breakers "
+                "open); retry later",
+                retry_after=retry_after,
+            )
+            self.reject(ctx, error, request, policy=policy)
+            raise error
+        self._fail(ctx, request, last, last_error, policy)
+        raise last_error
+
+    def _fail(
+        self,
+        ctx: RequestContext,
+        request: ChatRequest,
+        step: _Step,
+        exc: BaseException,
+        policy: str,
+    ) -> None:
+        """Meter the request's end when it failed before its answer started."""
+        if isinstance(exc, VeilError):
+            status, code = exc.status, exc.code
+            exc.route_headers = route_headers(step.route, step.outbound)
+        elif isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+            status, code = CLIENT_CLOSED, "client_closed"
+        else:
+            status, code = 500, "internal_error"
+        self._meter(ctx, request, step.route, step.outbound, Usage(), status, code, policy)
 
     async def _dispatch(
         self,
         ctx: RequestContext,
         request: ChatRequest,
-        route: Route,
+        step: _Step,
         clearance: Clearance,
         policy: str,
-        final: bool,
     ) -> ChatResult | ChatStream:
-        try:
-            outbound = await self._gate.outbound(
-                ctx.principal, request, route.deployment, clearance
-            )
-        except VeilError as exc:  # e.g. personal data in block mode
-            self._meter(ctx, request, route, None, Usage(), exc.status, exc.code, policy)
-            raise
-        headers = route_headers(route, outbound)
-        if request.stream:
-            chunks = self._stream(ctx, request, route, outbound, policy, final)
-            try:
-                first = await chunks.__anext__()
-            except StopAsyncIteration:
-                return ChatStream(route, _empty(), headers)
-            return ChatStream(route, _prepend(first, chunks), headers)
+        route = step.route
         deployment = route.deployment
+        step.outbound = outbound = await self._gate.outbound(
+            ctx.principal, request, deployment, clearance
+        )
+        headers = route_headers(route, outbound)
+        first = _deadline(deployment.first_token, deployment.total)
+        if request.stream:
+            committed = _Committed()
+            chunks = self._stream(ctx, request, route, outbound, policy, committed)
+            held: list[dict[str, Any]] = []
+            try:  # hold chunks back until the first token: a failure before it fails over
+                async with asyncio.timeout(first):
+                    async for chunk in chunks:
+                        held.append(chunk)
+                        if _has_token(chunk):
+                            break
+            except TimeoutError:
+                await chunks.aclose()  # type: ignore[attr-defined]
+                raise _timed_out(deployment, first) from None
+            except BaseException:
+                await chunks.aclose()  # type: ignore[attr-defined]
+                raise
+            committed.value = True
+            return ChatStream(route, _prepend(held, chunks), headers)
         try:
-            completion = await deployment.provider.complete(outbound.request, deployment.model)
-        except VeilError as exc:
-            if final or exc.status not in _FAILOVER_STATUSES:
-                self._meter(ctx, request, route, outbound, Usage(), exc.status, exc.code, policy)
-                exc.route_headers = headers
-            raise
-        except Exception:
-            self._meter(ctx, request, route, outbound, Usage(), 500, "internal_error", policy)
-            raise
+            async with asyncio.timeout(first):
+                completion = await deployment.provider.complete(outbound.request, deployment.model)
+        except TimeoutError:
+            raise _timed_out(deployment, first) from None
         body = {
             "id": "chatcmpl-" + ctx.request_id,
             "object": "chat.completion",
@@ -186,20 +353,32 @@ class Pipeline:
         route: Route,
         outbound: Outbound,
         policy: str,
-        final: bool,
+        committed: _Committed,
     ) -> AsyncIterator[dict[str, Any]]:
         deployment = route.deployment
         state = StreamState()
         status: int = CLIENT_CLOSED
         code: str | None = "client_closed"
-        started = False
         ident = {"id": "chatcmpl-" + ctx.request_id, "model": route.model.name}
         upstream = deployment.provider.stream(outbound.request, deployment.model, state)
         if outbound.pseudonymizer is not None:  # one generator layer less when nothing to restore
             upstream = self._gate.restore_stream(upstream, outbound)
+        total = deployment.total
+        ends = None if total is None else time.monotonic() + total
         try:
-            async for chunk in upstream:
-                started = True
+            while True:
+                try:
+                    if ends is None:
+                        chunk = await upstream.__anext__()
+                    else:
+                        async with asyncio.timeout_at(_loop_time(ends)):
+                            chunk = await upstream.__anext__()
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    raise UpstreamTimeout(
+                        f"provider {deployment.provider.name} did not finish within {total:g} s"
+                    ) from None
                 yield {**ident, **chunk, "id": ident["id"], "model": ident["model"]}
             status, code = 200, None
             if request.include_usage:
@@ -218,9 +397,10 @@ class Pipeline:
             status, code = 500, "internal_error"
             raise
         finally:
-            # Billed for what was produced, also when the caller left or the upstream broke;
-            # a failure before the first chunk that will be failed over is not this request's end.
-            if started or final or status not in _FAILOVER_STATUSES:
+            await upstream.aclose()  # type: ignore[attr-defined]
+            # Once the answer has started it is billed for what was produced, also when the
+            # caller left or the upstream broke; before that, the dispatcher meters the end.
+            if committed.value:
                 self._meter(ctx, request, route, outbound, state.usage, status, code, policy)
 
     def reject(
@@ -302,6 +482,9 @@ class Pipeline:
                 policy=policy[:512] if policy else None,
                 consent=outbound.consent if outbound is not None else None,
                 redactions=orjson.dumps(redactions).decode() if redactions else None,
+                category=ctx.task[0] if ctx.task else None,
+                difficulty=ctx.task[1] if ctx.task else None,
+                attempts=ctx.attempts,
             )
         )
 
@@ -311,16 +494,38 @@ def _denied(error: VeilError) -> str | None:
     return f"policy denied: {error.message}" if error.code == "policy_denied" else None
 
 
-async def _empty() -> AsyncIterator[dict[str, Any]]:
-    return
-    yield
+def _has_token(chunk: dict[str, Any]) -> bool:
+    """Does the chunk carry part of the answer (text, a tool call, or its end)?"""
+    for choice in chunk.get("choices") or ():
+        delta = choice.get("delta") or {}
+        if delta.get("content") or delta.get("tool_calls") or choice.get("finish_reason"):
+            return True
+    return False
+
+
+def _deadline(first_token: float | None, total: float | None) -> float | None:
+    if first_token is None:
+        return total
+    return first_token if total is None else min(first_token, total)
+
+
+def _loop_time(monotonic_deadline: float) -> float:
+    loop = asyncio.get_running_loop()
+    return loop.time() + (monotonic_deadline - time.monotonic())
+
+
+def _timed_out(deployment: Deployment, seconds: float | None) -> UpstreamTimeout:
+    return UpstreamTimeout(
+        f"provider {deployment.provider.name} gave no first token within {seconds:g} s"
+    )
 
 
 async def _prepend(
-    first: dict[str, Any], rest: AsyncIterator[dict[str, Any]]
+    held: list[dict[str, Any]], rest: AsyncIterator[dict[str, Any]]
 ) -> AsyncIterator[dict[str, Any]]:
     try:
-        yield first
+        for chunk in held:
+            yield chunk
         async for chunk in rest:
             yield chunk
     finally:

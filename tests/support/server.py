@@ -10,7 +10,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import httpx
 
@@ -102,3 +102,13 @@ def usage_row(server: VeilServer, request_id: str) -> sqlite3.Row:
             return row  # type: ignore[no-any-return]
         time.sleep(0.05)
     raise AssertionError(f"no usage row for {request_id}")
+
+
+def key_for(server: VeilServer, tenant: str, user: str | None = None) -> str:
+    """A new API key for ``tenant`` (and ``user``), issued through the admin API."""
+    body: dict[str, Any] = {"tenant": tenant} | ({"user": user} if user else {})
+    r = httpx.post(
+        server.url + "/admin/keys", headers={"authorization": f"Bearer {ADMIN_KEY}"}, json=body
+    )
+    assert r.status_code == 201, r.text
+    return str(r.json()["key"])

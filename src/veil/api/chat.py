@@ -12,11 +12,11 @@ from starlette.responses import Response, StreamingResponse
 from veil.api.deps import authenticate, gateway
 from veil.api.errors import log_bug
 from veil.chat import ChatRequest, parse_chat_request
-from veil.errors import VeilError
+from veil.errors import ModelNotFound, VeilError
 from veil.gateway import Gateway
 from veil.pipeline import ChatResult, RequestContext
 from veil.policy import parse_consent_header
-from veil.routing import Route
+from veil.routing import Router
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -90,23 +90,26 @@ async def list_models(request: Request) -> Response:
     await authenticate(request)
     router_ = gateway(request).router
     names = [m.name for m in router_.models()] + [a for a in ("auto", "device") if router_.knows(a)]
-    data = [_model_card(router_.route(name)) for name in names]
+    data = [_model_card(router_, name) for name in names]
     return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
 
 
 @router.get("/models/{model_id:path}", summary="Retrieve a model")
 async def get_model(model_id: str, request: Request) -> Response:
     await authenticate(request)
-    card = _model_card(gateway(request).router.route(model_id))
-    card["id"] = model_id
+    card = _model_card(gateway(request).router, model_id)
     return Response(orjson.dumps(card), media_type="application/json")
 
 
-def _model_card(route: Route) -> dict[str, Any]:
-    owner = route.model.owned_by
-    if route.requested != route.model.name:  # auto, device, an alias
-        owner = f"veil ({route.model.name})"
-    return {"id": route.requested, "object": "model", "created": 0, "owned_by": owner}
+def _model_card(router_: Router, name: str) -> dict[str, Any]:
+    if name == "auto":
+        if not router_.knows("auto"):
+            raise ModelNotFound("no model is configured to serve 'auto'", param="model")
+        owner = "veil (routed by task)"
+    else:
+        entry = router_.entry(name)
+        owner = entry.owned_by if name == entry.name else f"veil ({entry.name})"
+    return {"id": name, "object": "model", "created": 0, "owned_by": owner}
 
 
 def chat_schemas() -> dict[str, Any]:

@@ -14,9 +14,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from veil.api.deps import authenticate, gateway, require_admin
+from veil.api.deps import acting_user, authenticate, gateway, require_admin
 from veil.auth import Principal
-from veil.errors import InvalidRequest, NotFound, PermissionDenied
+from veil.errors import NotFound
 
 router = APIRouter(tags=["consent"])
 Caller = Annotated[Principal, Depends(authenticate)]
@@ -55,16 +55,7 @@ class ConsentEventList(BaseModel):
 
 
 def _user(principal: Principal, user: str | None) -> str:
-    if principal.user is not None:
-        if user is not None and user != principal.user:
-            raise PermissionDenied("this key acts for one user only", param="user")
-        return principal.user
-    if user is None:
-        raise InvalidRequest(
-            "a consent belongs to a user: name the user, or use a key issued for one",
-            param="user",
-        )
-    return user
+    return acting_user(principal, user, "a consent belongs to a user")
 
 
 def _via(principal: Principal) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import Request
 
 from veil.auth import Principal
-from veil.errors import PermissionDenied
+from veil.errors import InvalidRequest, PermissionDenied
 from veil.gateway import Gateway
 
 
@@ -23,3 +23,15 @@ async def require_admin(request: Request) -> Principal:
     if not principal.admin:
         raise PermissionDenied("this route needs the admin key", code="admin_required")
     return principal
+
+
+def acting_user(principal: Principal, user: str | None, missing: str) -> str:
+    """The user a per-user route acts for: the key's own user, or — for a tenant's app key
+    that serves many users — the ``user`` the app names. ``missing`` says what needs one."""
+    if principal.user is not None:
+        if user is not None and user != principal.user:
+            raise PermissionDenied("this key acts for one user only", param="user")
+        return principal.user
+    if user is None:
+        raise InvalidRequest(f"{missing}: name the user, or use a key issued for one", param="user")
+    return user

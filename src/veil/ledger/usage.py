@@ -43,6 +43,9 @@ class UsageRecord:
     policy: str | None = None
     consent: str | None = None
     redactions: str | None = None
+    category: str | None = None
+    difficulty: str | None = None
+    attempts: int = 0
 
 
 #: Rows kept in memory while the database is unavailable, before new ones are dropped.

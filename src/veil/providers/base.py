@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from veil.chat import ChatRequest, Usage
-from veil.config import ProviderIdentity
+from veil.config import ProviderIdentity, Timeouts
 
 
 @dataclass(slots=True)
@@ -39,6 +39,9 @@ class Provider:
         self.partner = config.partner
         self.cloud = config.cloud
         self.region = config.region
+        timeout = getattr(config, "timeout", None)
+        #: Veil's own deadline for the first token (``timeout.first_token``), if any.
+        self.first_token_timeout = timeout.first_token if isinstance(timeout, Timeouts) else None
 
     def prepare(self) -> None:
         """Do slow, loop-independent set-up (load a model) before the server starts."""
@@ -56,6 +59,14 @@ class Provider:
     send_user_pseudonym: bool = False
     #: For providers with a local queue: how many requests are admitted now.
     queue_depth: Callable[[], int] | None = None
+
+    #: Tokens a model here reads and writes at most, when the provider knows (device).
+    context_window: int | None = None
+
+    def supports(self, request: ChatRequest) -> bool:
+        """Can this provider honour every field of the request? (The router asks before
+        choosing it for ``auto``; the provider itself refuses what it cannot do.)"""
+        return True
 
     def offered_models(self) -> dict[str, str]:
         """Models this provider serves without being listed in config: public → upstream."""

@@ -3,8 +3,9 @@
 ``echo`` answers with the last user message; ``slow`` does the same one word at a time
 with ``token_delay`` between words; ``flaky`` fails every other call (the first one fails);
 ``error-500``, ``error-503`` and ``error-429`` fail like an upstream with that status;
-``timeout`` fails like an upstream that stopped answering; ``cut`` streams a few words and
-then loses the connection mid-stream; ``crash`` raises a plain exception whose message
+``timeout`` fails like an upstream that reported a timeout; ``hang`` never answers (a
+stream sends its role chunk, then nothing), for Veil's own deadlines to end; ``cut``
+streams a few words and then loses the connection mid-stream; ``crash`` raises a plain exception whose message
 quotes the prompt — a stand-in for a bug, to prove such messages never reach a log.
 """
 
@@ -34,6 +35,7 @@ BEHAVIOURS = (
     "error-503",
     "error-429",
     "timeout",
+    "hang",
     "cut",
     "crash",
 )
@@ -77,6 +79,8 @@ class FakeProvider(Provider):
 
     async def complete(self, request: ChatRequest, model: str) -> Completion:
         words = self._words(request, model)
+        if model.endswith("hang"):
+            await asyncio.Event().wait()
         if model.endswith("slow"):
             await asyncio.sleep(self._delay * len(words))
         usage = self._usage(request, words)
@@ -100,6 +104,8 @@ class FakeProvider(Provider):
         words = self._words(request, model)
         behaviour = model.split("/")[-1]
         yield _chunk({"role": "assistant", "content": ""})
+        if behaviour == "hang":
+            await asyncio.Event().wait()
         for i, word in enumerate(words):
             if behaviour == "cut" and i == 2:
                 raise UpstreamError(f"provider {self.name} closed the stream before it ended")

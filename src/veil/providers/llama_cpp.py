@@ -76,6 +76,7 @@ class LlamaCppProvider(Provider):
         self._capacity = 1 + config.max_queue
         self._avg_job_seconds = 1.0
         self.queue_depth = self._depth
+        self.context_window = config.n_ctx
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -147,6 +148,16 @@ class LlamaCppProvider(Provider):
         self._admitted -= 1
 
     # ---------------------------------------------------------------- generation
+
+    def supports(self, request: ChatRequest) -> bool:
+        if any(getattr(request, field) is not None for field in _UNSUPPORTED):
+            return False
+        return all(
+            isinstance(m.content, str)
+            or m.content is None
+            or all(p.type == "text" for p in m.content)
+            for m in request.messages
+        )
 
     def _check_supported(self, request: ChatRequest) -> None:
         for field in _UNSUPPORTED:

@@ -1,5 +1,6 @@
 """Routing: which model, tier and provider serve a request."""
 
-from veil.routing.router import Deployment, ModelEntry, Route, Router
+from veil.routing.preferences import PreferenceStore
+from veil.routing.router import Candidate, Deployment, ModelEntry, Plan, Route, Router
 
-__all__ = ["Deployment", "ModelEntry", "Route", "Router"]
+__all__ = ["Candidate", "Deployment", "ModelEntry", "Plan", "PreferenceStore", "Route", "Router"]

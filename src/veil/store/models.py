@@ -63,6 +63,11 @@ class Usage(Base):
     consent: Mapped[str | None] = mapped_column(String(16), nullable=True)
     #: Values replaced before the request left, by type, as JSON: {"PERSON": 2}. Never values.
     redactions: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    #: What the task classifier made of the request (``model: auto`` only).
+    category: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    difficulty: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    #: Upstream calls made for this request (retries and failovers included; 0 if none).
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Consent(Base):
@@ -94,3 +99,15 @@ class ConsentEvent(Base):
     scope: Mapped[str] = mapped_column(String(32))
     #: ``api`` or ``cli``, and the key that did it.
     via: Mapped[str] = mapped_column(String(64))
+
+
+class Preference(Base):
+    """A user's preferred model for one task category (``model: auto`` uses it)."""
+
+    __tablename__ = "preferences"
+    tenant: Mapped[str] = mapped_column(String(128), primary_key=True)
+    #: Salted HMAC of the user id (``auth.pseudonym``); never the id itself.
+    user_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    category: Mapped[str] = mapped_column(String(32), primary_key=True)
+    model: Mapped[str] = mapped_column(String(256))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
