@@ -7,6 +7,7 @@ from pathlib import Path
 import openai
 import pytest
 
+from tests.support.partner import close_clients
 from tests.support.server import ADMIN_KEY, VeilServer, start_server
 from tests.support.upstream import Upstream, free_port
 
@@ -21,6 +22,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if REQUIRE_ALL and report.skipped and not hasattr(report, "wasxfail"):
         report.outcome = "failed"
         report.longrepr = f"skipped under VEIL_REQUIRE_ALL=1: {report.longrepr}"
+
+
+@pytest.fixture(autouse=True)
+def _close_sdk_clients() -> Iterator[None]:
+    yield
+    close_clients()
 
 
 @pytest.fixture(scope="session")

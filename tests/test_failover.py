@@ -8,6 +8,7 @@ timeout"), never to the millisecond.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import Iterator
 
@@ -299,3 +300,30 @@ def test_backoff_is_jittered_capped_and_gives_way_to_long_retry_after() -> None:
     assert len({round(w or 0, 6) for w in waits}) > 100  # jittered, not a fixed delay
     assert backoff(config, 1, retry_after=0.2) == pytest.approx(0.2, abs=0.1)
     assert backoff(config, 1, retry_after=5) is None  # not worth waiting here: go elsewhere
+
+
+def test_a_caller_who_leaves_before_the_answer_cancels_the_upstream_call(
+    server: VeilServer,
+) -> None:
+    """``alone/hang`` would never answer: the request ends (499) when the caller leaves, not when
+    a deadline fires — this deployment has none."""
+    for stream in (False, True):
+        body = {"model": "alone/hang", "messages": HI, "stream": stream}
+        headers = {"authorization": f"Bearer {ADMIN_KEY}"}
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(server.url + "/v1/chat/completions", json=body, headers=headers, timeout=0.5)
+        deadline = time.monotonic() + 10
+        row = None
+        while row is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+            with sqlite3.connect(server.home / "veil.db") as conn:
+                found = conn.execute(
+                    "SELECT status, error_code, latency_ms FROM usage WHERE model = 'alone/hang' "
+                    "AND stream = ? ORDER BY created_at DESC LIMIT 1",
+                    (stream,),
+                ).fetchone()
+            row = found
+        assert row is not None, "the abandoned request was never metered: still waiting?"
+        assert row[0] == 499
+        assert row[1] == "client_closed"
+        assert row[2] < 5000

@@ -12,6 +12,7 @@ import httpx
 import openai
 import pytest
 
+from tests.support.partner import client
 from tests.support.server import ADMIN_KEY, VeilServer, key_for, start_server, usage_row
 from tests.support.upstream import Upstream
 
@@ -71,26 +72,6 @@ def http_for(gate_server: VeilServer) -> Iterator[Any]:
     yield make
     for c in opened:
         c.close()
-
-
-_OPEN: list[openai.OpenAI] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_clients() -> Iterator[None]:
-    yield
-    while _OPEN:
-        _OPEN.pop().close()
-
-
-def client(server: VeilServer, key: str = ADMIN_KEY, consent: str | None = None) -> openai.OpenAI:
-    headers = {"x-veil-consent": consent} if consent else {}
-    _OPEN.append(
-        openai.OpenAI(
-            base_url=server.url + "/v1", api_key=key, max_retries=0, default_headers=headers
-        )
-    )
-    return _OPEN[-1]
 
 
 def personal(text: str = "") -> list[dict[str, str]]:

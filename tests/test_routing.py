@@ -14,7 +14,8 @@ import openai
 import pytest
 
 from tests.support.cli import run
-from tests.support.server import ADMIN_KEY, VeilServer, key_for, start_server, usage_row
+from tests.support.partner import client
+from tests.support.server import VeilServer, key_for, start_server, usage_row
 from veil.chat import ChatRequest
 from veil.config import parse_config
 from veil.errors import ConfigError
@@ -533,30 +534,6 @@ def partners(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VeilServer]:
     srv = start_server(tmp_path_factory.mktemp("partners") / "home", PARTNER_SERVER)
     yield srv
     srv.stop()
-
-
-_OPEN: list[openai.OpenAI] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_clients() -> Iterator[None]:
-    yield
-    while _OPEN:
-        _OPEN.pop().close()
-
-
-def client(server: VeilServer, key: str = ADMIN_KEY, consent: str | None = None) -> openai.OpenAI:
-    headers = {"x-veil-consent": consent} if consent else {}
-    _OPEN.append(
-        openai.OpenAI(
-            base_url=server.url + "/v1",
-            api_key=key,
-            max_retries=0,
-            timeout=30,
-            default_headers=headers,
-        )
-    )
-    return _OPEN[-1]
 
 
 def expect_class(prompt: str, category: Category, difficulty: Difficulty) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Annotated, Any, TextIO
 
 import orjson
 import typer
@@ -18,6 +18,27 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 #: Inputs shorter than this get no progress bar.
 PROGRESS_MIN_LINES = 20
+
+OutputOption = Annotated[
+    Path | None,
+    typer.Option("--output", "-o", help="Write the results here instead of to stdout."),
+]
+
+
+def batch_app(help_text: str) -> typer.Typer:
+    """A command group of batch commands; locals are never shown (they hold message text)."""
+    app = typer.Typer(
+        help=help_text,
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_show_locals=False,
+    )
+
+    @app.callback(help=help_text)
+    def _group() -> None:
+        pass
+
+    return app
 
 
 class BadLine(Exception):

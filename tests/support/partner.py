@@ -13,6 +13,30 @@ MAPPED_STATUS = {400: 400, 401: 502, 403: 502, 429: 429, 500: 502, 503: 503}
 SECRET = "my secret prompt"
 
 
+_OPEN: list[openai.OpenAI] = []
+
+
+def client(server: VeilServer, key: str = ADMIN_KEY, consent: str | None = None) -> openai.OpenAI:
+    """An SDK client for ``key``, sending ``x-veil-consent: consent``; closed after the test
+    (by ``close_clients``, an autouse fixture in conftest)."""
+    headers = {"x-veil-consent": consent} if consent else {}
+    _OPEN.append(
+        openai.OpenAI(
+            base_url=server.url + "/v1",
+            api_key=key,
+            max_retries=0,
+            timeout=30,
+            default_headers=headers,
+        )
+    )
+    return _OPEN[-1]
+
+
+def close_clients() -> None:
+    while _OPEN:
+        _OPEN.pop().close()
+
+
 def partner_client(veil: VeilServer) -> openai.OpenAI:
     """An SDK client that consents to every partner (use it as a context manager)."""
     return openai.OpenAI(

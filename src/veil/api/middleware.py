@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import os
@@ -121,7 +122,21 @@ class RequestMiddleware:
         authorization: str | None,
         consent: str | None,
     ) -> None:
+        handler = asyncio.current_task()
+        watcher: asyncio.Task[None] | None = None
+        hung_up = False
+
+        async def watch() -> None:
+            # The body is read: the next message can only be the caller hanging up. Then
+            # stop waiting for the upstream at once (the pipeline meters it as 499).
+            nonlocal hung_up
+            message = await receive()
+            if message["type"] == "http.disconnect" and handler is not None:
+                hung_up = True
+                handler.cancel()
+
         async def read_body() -> bytes:
+            nonlocal watcher
             parts = []
             while True:
                 message = await receive()
@@ -129,6 +144,7 @@ class RequestMiddleware:
                     raise ClientDisconnected
                 parts.append(message.get("body", b""))
                 if not message.get("more_body"):
+                    watcher = asyncio.get_running_loop().create_task(watch())
                     return b"".join(parts)
 
         try:
@@ -139,8 +155,20 @@ class RequestMiddleware:
             response = error_response(exc)
         except ClientDisconnected:
             return
+        except asyncio.CancelledError:
+            if not hung_up or handler is None:
+                raise  # not the caller leaving: a real cancellation (shutdown)
+            handler.uncancel()
+            return
         except Exception as exc:  # a bug: answer 500 and keep serving
             response = internal_error(exc, request_id)
+        finally:
+            if watcher is not None and not watcher.done():
+                watcher.cancel()
+        if hung_up and handler is not None and handler.cancelling():
+            # The caller left just as the answer was ready: send it anyway (it goes nowhere)
+            # so that a stream is closed, and metered, the usual way.
+            handler.uncancel()
         await response(scope, receive, send)
 
 

@@ -13,21 +13,11 @@ from typing import Annotated, Any
 
 import typer
 
-from veil.jsonl import run_batch
+from veil.jsonl import OutputOption, batch_app, run_batch
 from veil.privacy.detector import PiiDetector
 from veil.privacy.span import ALL_TYPES
 
-pii_app = typer.Typer(
-    help="Find personal data in text with Veil's PII detector.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_show_locals=False,  # locals hold message text
-)
-
-
-@pii_app.callback()
-def _group() -> None:
-    """Find personal data in text with Veil's PII detector."""
+pii_app = batch_app("Find personal data in text with Veil's PII detector.")
 
 
 @pii_app.command()
@@ -36,10 +26,7 @@ def scan(
         Path,
         typer.Option("--jsonl", help='Input: one {"id", "text"} JSON object per line.'),
     ],
-    output: Annotated[
-        Path | None,
-        typer.Option("--output", "-o", help="Write the results here instead of to stdout."),
-    ] = None,
+    output: OutputOption = None,
 ) -> None:
     """Detect PII in each message of a JSONL file; write one line of spans per message."""
 

@@ -37,6 +37,8 @@ MIDDLE_WEIGHT = 0.3
 EDGE_TOKENS = 20
 CUE_HEAD_CHARS = 300
 CUE_TAIL_CHARS = 200
+#: Cue phrases anywhere are looked for in this much of the prompt (regexes cost per byte).
+CUE_ANYWHERE_CHARS = 1500
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 _CODE = re.compile(r"[{};<>=]|\bdef\b|\bfunction\b|\breturn\b|```")
 _MATH = re.compile(r"\d\s*[-+*/^=×÷]\s*\d|[∑∫√π]|\\frac|\bx\^")
@@ -58,7 +60,8 @@ def features(text: str) -> dict[str, float]:
     the first ``HEAD_WEIGHTED`` and last ``TAIL_WEIGHTED`` tokens counting fully and pasted
     text in between at ``MIDDLE_WEIGHT`` — the instruction is almost always at one end; the
     same words again, namespaced, for the instruction's likely place (``h:``/``t:``, the
-    first and last ``EDGE_TOKENS``); cue phrases (``k:`` near the ends, ``K:`` anywhere);
+    first and last ``EDGE_TOKENS``); cue phrases (``k:`` near the ends, ``K:`` in the
+    first ``CUE_ANYWHERE_CHARS``);
     and shape (``d:``). Each group is L2-normalised on its own.
     """
     if len(text) > HEAD_CHARS + TAIL_CHARS:
@@ -93,11 +96,14 @@ def features(text: str) -> dict[str, float]:
             edges[prefix + part[-1]] = 1.0
     out.update(_normalised(edges))
     ends = text[:CUE_HEAD_CHARS] + "\n" + text[-CUE_TAIL_CHARS:]
+    short = len(text) <= CUE_ANYWHERE_CHARS
     for name, pattern in CUE_PATTERNS.items():
-        if pattern.search(ends):
-            out["k:" + name] = 1.0
-        if pattern.search(text):
+        anywhere = pattern.search(text, 0, CUE_ANYWHERE_CHARS) is not None
+        if anywhere:
             out["K:" + name] = 0.5
+        # In a short prompt the ends are inside what was just searched.
+        if (anywhere or not short) and pattern.search(ends):
+            out["k:" + name] = 1.0
     # Shape: how long, how many lines, how much code or arithmetic it contains.
     out["d:bias"] = 1.0
     out["d:tokens"] = math.log1p(n_tokens) / 8.0

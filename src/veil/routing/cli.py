@@ -14,19 +14,9 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from veil.jsonl import run_batch
+from veil.jsonl import OutputOption, batch_app, run_batch
 
-route_app = typer.Typer(
-    help="The task classifier behind model: auto.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_show_locals=False,  # locals hold prompt text
-)
-
-
-@route_app.callback()
-def _group() -> None:
-    """The task classifier behind model: auto."""
+route_app = batch_app("The task classifier behind model: auto.")
 
 
 @route_app.command()
@@ -35,10 +25,7 @@ def classify(
         Path,
         typer.Option("--jsonl", help='Input: one {"id", "prompt"} JSON object per line.'),
     ],
-    output: Annotated[
-        Path | None,
-        typer.Option("--output", "-o", help="Write the results here instead of to stdout."),
-    ] = None,
+    output: OutputOption = None,
 ) -> None:
     """Classify each prompt's task category and difficulty."""
 

@@ -10,6 +10,31 @@ from __future__ import annotations
 import re
 
 LANGS = "english|spanish|french|german|japanese|chinese|mandarin|cantonese|italian|portuguese|korean|arabic|hindi|dutch|russian|swahili|polish|ukrainian|vietnamese|turkish|welsh|latin|greek|hebrew|swedish|norwegian|danish|finnish|thai|indonesian|tagalog|urdu|bengali|persian|farsi|czech|romanian|hungarian"
+CODE_WORDS = (
+    r"python|javascript|typescript|node(?:\.?js)?|deno|golang|rust|java|kotlin|swift|c#|"
+    r"csharp|c\+\+|cpp|ruby|php|perl|lua|zig|dart|scala|haskell|elixir|erlang|clojure|julia|"
+    r"matlab|fortran|cobol|bash|shell|zsh|powershell|sql|postgres\w*|mysql|sqlite|mongo\w*|"
+    r"redis|graphql|html|css|sass|react|vue|angular|svelte|next\.js|django|flask|fastapi|"
+    r"rails|spring|express|laravel|\.net|linq|pandas|numpy|pytorch|tensorflow|docker\w*|"
+    r"kubernetes|k8s|helm|terraform|ansible|yaml|nginx|git|github actions|makefile|cmake|"
+    r"gradle|maven|npm|pip|cargo|webpack|vite|regexp?|api|endpoint|handler|lexer|parser|"
+    r"compiler|function|method|class|struct|interface|loop|array|dict|hashmap|recursion|"
+    r"recursive|unit tests?|pytest|jest|junit|debug\w*|stack ?trace|traceback|exception|"
+    r"segfault|null pointer|undefined|compil\w*|deploy\w*|script|snippet|code|program|"
+    r"hello world|schema|migrations?|query|queries|orm|cli|async|await|thread\w*|"
+    r"bug|crash\w*|error:|refactor\w*|implement\w*|repo|pull request|lint\w*|type hints?"
+)
+MATH_WORDS = (
+    r"how many|how much|volume|area|perimeter|circumference|radius|diameter|triangle|"
+    r"circle|square root|cube|primes?|integers?|digits?|divisible|factori\w*|multiples?|"
+    r"fractions?|decimal|percent\w*|ratio|probabilit\w*|odds|expected value|mean|median|"
+    r"variance|standard deviation|regression|derivative|integral|limit|matri\w*|vectors?|"
+    r"eigen\w*|equations?|inequalit\w*|solve|simplify|prove|proof|theorem|lemma|"
+    r"combinatori\w*|permutations?|combinations?|modulo|gcd|lcm|sum of|product of|"
+    r"sequence|series|calculat\w*|compute|arithmetic|algebra|geometry|calculus|"
+    r"statistic\w*|interest rate|compound|km/h|mph|per hour|average|total cost"
+)
+
 CUES: dict[str, str] = {
     "summarize": r"\b(summar\w*|sum(?:s|med)? (?:it |this |that )?up|tl;? ?dr|gist|recap\w*|condens\w*|boil\w* (?:it |this |that )?down|short version|takeaways?|main (?:points|ideas|arguments?)|in a nutshell|overview|abstract|digest|distill\w*|catch me up|synopsis|minutes|bullet(?: point)?s?|highlights)\b",
     "rewrite": r"\b(rewrit\w*|re-?word\w*|rephras\w*|paraphras\w*|grammar|typos?|spelling|proofread\w*|polish\w*|tighten\w*|make (?:it|this|that|my \w+) (?:sound|more|less)|sound (?:more|less)?\s?\w+|more (?:formal|polite|professional|casual|concise|friendly)|tone|simplif\w*|shorten\w*|convert (?:it |this )?(?:to|into)|edit\w*|redraft\w*|restructur\w*|reformat\w*|clean (?:it |this )?up|improve (?:the|this|my) (?:wording|writing|flow))\b",
@@ -22,8 +47,10 @@ CUES: dict[str, str] = {
     + r")|to (?:"
     + LANGS
     + r")|what does .{1,60} mean|english version)\b",
-    "code": r"(\bfunction\b|\bpython\b|\bjavascript\b|\btypescript\b|\bsql\b|\bregex\b|\bbash\b|\bscript\b|\bbug\b|\bcompil\w*|\bexception\b|\btraceback\b|\bclass\b|\bapi\b|\brefactor\w*|\bunit tests?\b|\bgo(?:lang)?\b|\brust\b|\bjava\b|c\+\+|\bkotlin\b|\bswift\b|\bcode\b|\bdef \w+\(|=>|\{|\};?|\bimport\b|\bquery\b)",
-    "math_reasoning": r"(\d\s*[-+*/×÷^]\s*\d|%\s*of|\bsolve\b|\bprove\b|\bproof\b|\bprobability\b|\bequations?\b|\bderivative\b|\bintegral\b|\bcalculat\w*|\bhow (?:many|much|long|far)\b|\bwhat is \d|\baverage\b|\bpercent\w*|\bx\b|\bmod\b|\bsqrt\b|\bfactorial\b)",
+    "code": r"(\b(?:" + CODE_WORDS + r")\b|=>|\{|\};?|\bdef \w+\(|\bimport\b|```)",
+    "math_reasoning": r"(\d\s*[-+*/×÷^]\s*\d|%\s*of|\b\d+!|\b(?:"
+    + MATH_WORDS
+    + r")\b|\bx\b|√|∑|∫|π)",
     "creative_writing": r"\b(poem|haiku|sonnet|limerick|story|stories|lyrics|song|jokes?|puns?|slogan|tagline|toast|speech|fiction|fairy ?tale|bedtime|screenplay|scene|verse|rhym\w*|villanelle|ballad|monologue|dialogue|plot|character|write (?:me )?a)\b",
     "analysis": r"\b(compar\w*|pros and cons|trade-?offs?|evaluat\w*|assess\w*|analy[sz]\w*|should (?:we|i)|which (?:is better|should|one)|recommend\w*|risks?|strengths?|weakness\w*|swot|root cause|interpret\w*|versus|vs\.?|better|worth it|decision|justify)\b",
     "knowledge_qa": r"\b(what is|what are|what's|who (?:was|is|were|invented|wrote|discovered)|when (?:did|was|were)|why (?:is|are|do|does|did)|how (?:does|do|did) .{1,40} work|explain\w*|define|definition|history|capital of|meaning of|difference between)\b",
