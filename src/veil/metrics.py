@@ -6,8 +6,11 @@ Labels carry tiers, providers, models and statuses — never tenants' content.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from veil.providers.resilience import STATE_VALUES, State
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -64,8 +67,20 @@ class Metrics:
             registry=self.registry,
         )
 
-    def breaker_changed(self, provider: str, model: str, state: str) -> None:
-        value = {"closed": 0, "half_open": 1, "open": 2}[state]
+        # Labelled children, looked up once: ``labels()`` costs microseconds per call.
+        self._observed: dict[tuple[str, str, str, int], tuple[Any, Any, Any, Any]] = {}
+        self._attempts: dict[tuple[str, str, str], Any] = {}
+
+    def attempt(self, provider: str, model: str, outcome: str) -> None:
+        """Count one upstream call (or one skipped by an open breaker) by its outcome."""
+        key = (provider, model, outcome)
+        child = self._attempts.get(key)
+        if child is None:
+            child = self._attempts[key] = self.upstream_attempts.labels(*key)
+        child.inc()
+
+    def breaker_changed(self, provider: str, model: str, state: State) -> None:
+        value = STATE_VALUES[state]
         self.breaker_state.labels(provider, model).set(value)
         if state == "open":
             self.breaker_opened.labels(provider, model).inc()
@@ -83,12 +98,22 @@ class Metrics:
         prompt_tokens: int,
         completion_tokens: int,
     ) -> None:
-        self.requests.labels(tier, provider, model, str(status)).inc()
-        self.latency.labels(tier, provider, model).observe(seconds)
+        key = (tier, provider, model, status)
+        children = self._observed.get(key)
+        if children is None:
+            children = self._observed[key] = (
+                self.requests.labels(tier, provider, model, str(status)),
+                self.latency.labels(tier, provider, model),
+                self.tokens.labels(tier, provider, model, "prompt"),
+                self.tokens.labels(tier, provider, model, "completion"),
+            )
+        requests, latency, prompt, completion = children
+        requests.inc()
+        latency.observe(seconds)
         if prompt_tokens:
-            self.tokens.labels(tier, provider, model, "prompt").inc(prompt_tokens)
+            prompt.inc(prompt_tokens)
         if completion_tokens:
-            self.tokens.labels(tier, provider, model, "completion").inc(completion_tokens)
+            completion.inc(completion_tokens)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -228,9 +228,7 @@ class Pipeline:
             provider = deployment.provider
             breaker = self.breakers.get(provider.name, deployment.model)
             if not breaker.allow():
-                self._metrics.upstream_attempts.labels(
-                    provider.name, deployment.model, "breaker_open"
-                ).inc()
+                self._metrics.attempt(provider.name, deployment.model, "breaker_open")
                 wait = breaker.retry_after()
                 retry_after = wait if retry_after is None else min(retry_after, wait)
                 continue
@@ -243,9 +241,7 @@ class Pipeline:
                     result = await self._dispatch(ctx, request, step, clearance, policy)
                 except VeilError as exc:
                     last_error = exc
-                    self._metrics.upstream_attempts.labels(
-                        provider.name, deployment.model, exc.code or "error"
-                    ).inc()
+                    self._metrics.attempt(provider.name, deployment.model, exc.code or "error")
                     if not retryable(exc):
                         breaker.release()
                         self._fail(ctx, request, step, exc, policy)
@@ -263,7 +259,7 @@ class Pipeline:
                     self._fail(ctx, request, step, exc, policy)
                     raise
                 breaker.success()
-                self._metrics.upstream_attempts.labels(provider.name, deployment.model, "ok").inc()
+                self._metrics.attempt(provider.name, deployment.model, "ok")
                 result.headers.update(notes)
                 return result
             failed_over = True
@@ -329,11 +325,16 @@ class Pipeline:
                 raise
             committed.value = True
             return ChatStream(route, _prepend(held, chunks), headers)
-        try:
-            async with asyncio.timeout(first):
-                completion = await deployment.provider.complete(outbound.request, deployment.model)
-        except TimeoutError:
-            raise _timed_out(deployment, first) from None
+        if first is None:
+            completion = await deployment.provider.complete(outbound.request, deployment.model)
+        else:
+            try:
+                async with asyncio.timeout(first):
+                    completion = await deployment.provider.complete(
+                        outbound.request, deployment.model
+                    )
+            except TimeoutError:
+                raise _timed_out(deployment, first) from None
         body = {
             "id": "chatcmpl-" + ctx.request_id,
             "object": "chat.completion",
