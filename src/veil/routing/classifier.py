@@ -1,10 +1,10 @@
 """The task classifier: what kind of task a prompt is, and whether a small model can do it.
 
 Two linear models (softmax regression) over the same sparse features — words, word pairs,
-character n-grams inside words, and a few shape features (length, lines, code and math
-symbols). They are trained by ``veil route train`` from the prompts in ``data/routing/``
-and shipped as ``classifier.npz`` next to this module: no network, no model download, and
-about a tenth of a millisecond per prompt on one core (``bench/routing.py``).
+character n-grams inside words, cue phrases (``cues.py``) and a few shape features (length,
+lines, code and math symbols). They are trained by ``veil route train`` from the prompts in
+``data/routing/`` and shipped as ``classifier.npz`` next to this module: no network, no
+model download, and about half a millisecond per prompt on one core (``bench/routing.py``).
 
 Only the last user message is classified (that is where the task is asked for); its size
 and the whole conversation's are estimated separately for the context-window check.
