@@ -21,7 +21,8 @@ from veil.errors import VeilError
 
 State = Literal["closed", "open", "half_open"]
 STATE_VALUES: dict[State, int] = {"closed": 0, "half_open": 1, "open": 2}
-#: Upstream failures worth another try, here or at the next deployment.
+#: Upstream failures worth another try: at the next deployment, and (except timeouts, 504)
+#: at the same one after a backoff.
 RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
 
 
