@@ -71,17 +71,10 @@ routing:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream) -> Iterator[VeilServer]:
+    """This module's gateway; conftest's ``client`` fixture talks to it here."""
     srv = start_server(tmp_path_factory.mktemp("failover") / "home", failover_config(upstream))
     yield srv
     srv.stop()
-
-
-@pytest.fixture
-def client(server: VeilServer) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(
-        base_url=server.url + "/v1", api_key=ADMIN_KEY, max_retries=0, timeout=30
-    ) as sdk:
-        yield sdk
 
 
 def metric(server: VeilServer, name: str, **labels: str) -> float:
