@@ -252,7 +252,12 @@ class Pipeline:
                     wait = backoff(self._retries, attempt + 1, exc.retry_after)
                     if wait is None or not breaker.allow():
                         break
-                    await asyncio.sleep(wait)
+                    try:
+                        await asyncio.sleep(wait)
+                    except asyncio.CancelledError as cancelled:  # the caller left meanwhile
+                        breaker.release()
+                        self._fail(ctx, request, step, cancelled, policy)
+                        raise
                     continue
                 except BaseException as exc:
                     breaker.release()
