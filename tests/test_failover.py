@@ -16,6 +16,7 @@ import httpx
 import openai
 import pytest
 
+from tests.support.local import Blackhole
 from tests.support.server import ADMIN_KEY, VeilServer, start_server, usage_row
 from tests.support.upstream import Upstream
 from veil.config import BreakerConfig, RetryConfig
@@ -25,8 +26,8 @@ HANG = 1.0  # the first-token deadline of the hanging deployments, seconds
 HI = [{"role": "user", "content": "one two three four five"}]
 
 
-def failover_config(upstream: Upstream) -> str:
-    fakes = ["mixed", "hanging", "dead", "cut", "total", "bad", "fallback", "alone"]
+def failover_config(upstream: Upstream, blackhole: Blackhole) -> str:
+    fakes = ["mixed", "hanging", "dead", "cut", "total", "bad", "fallback", "alone", "spare"]
     delay = {"total": 0.2}  # slow-total: a first token within its 0.3 s, the last one not
     providers = "\n".join(
         f"  - {{name: {n}, type: fake, token_delay: {delay.get(n, 0.01)}}}" for n in fakes
@@ -35,6 +36,10 @@ def failover_config(upstream: Upstream) -> str:
 providers:
 {providers}
   - {{name: up, type: openai_compatible, tier: private, base_url: {upstream.base_url}}}
+  - name: unreachable
+    type: openai_compatible
+    base_url: http://127.0.0.1:{blackhole.port}/v1
+    timeout: {{connect: 30}}
 models:
   - name: resilient
     deployments:
@@ -61,6 +66,10 @@ models:
     fallbacks: [the-fallback]
   - name: the-fallback
     deployments: [{{provider: fallback, model: echo}}]
+  - name: slow-connect
+    deployments:
+      - {{provider: unreachable, model: any, timeout: {{connect: {HANG}}}}}
+      - {{provider: spare, model: echo}}
   - name: only-dead
     deployments: [{{provider: alone, model: error-503}}]
 routing:
@@ -72,9 +81,12 @@ routing:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream) -> Iterator[VeilServer]:
     """This module's gateway; conftest's ``client`` fixture talks to it here."""
-    srv = start_server(tmp_path_factory.mktemp("failover") / "home", failover_config(upstream))
+    blackhole = Blackhole()
+    config = failover_config(upstream, blackhole)
+    srv = start_server(tmp_path_factory.mktemp("failover") / "home", config)
     yield srv
     srv.stop()
+    blackhole.close()
 
 
 def metric(server: VeilServer, name: str, **labels: str) -> float:
@@ -159,6 +171,23 @@ def test_a_failover_costs_at_most_one_timeout_and_the_breaker_then_skips_it(
         metric(server, "veil_upstream_attempts_total", provider="hanging", outcome="breaker_open")
         >= 1
     )
+
+
+def test_a_deployment_connect_timeout_overrides_its_providers(
+    server: VeilServer, client: openai.OpenAI
+) -> None:
+    """The provider would wait 30 s for a connection; this deployment waits HANG."""
+    for stream in (False, True):
+        started = time.monotonic()
+        raw = client.chat.completions.with_raw_response.create(
+            model="slow-connect", messages=HI, stream=stream
+        )
+        raw.parse()
+        elapsed = time.monotonic() - started
+        assert HANG <= elapsed < 2 * HANG + 1, f"took {elapsed:.2f} s"
+        assert raw.headers["x-veil-provider"] == "spare"
+        row = usage_row(server, raw.headers["x-request-id"])
+        assert (row["status"], row["attempts"]) == (200, 2)  # a timeout is not retried
 
 
 def test_an_open_breaker_stops_calls_to_a_dead_upstream(

@@ -211,6 +211,8 @@ ProviderConfig = Annotated[
 class DeploymentTimeouts(_Strict):
     """Deadlines Veil enforces on one deployment, whatever the provider's own timeouts."""
 
+    #: Seconds to open a connection to an HTTP upstream (default: the provider's).
+    connect: float | None = Field(None, gt=0)
     #: Seconds until the first token: a stream must have produced content by then, a plain
     #: request its whole answer (the upstream sends nothing earlier).
     first_token: float | None = Field(None, gt=0)

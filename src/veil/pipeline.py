@@ -27,6 +27,7 @@ from veil.ledger.usage import UsageRecord, UsageRecorder
 from veil.metrics import Metrics
 from veil.policy import PolicyEngine
 from veil.providers import StreamState
+from veil.providers.base import CONNECT_TIMEOUT, Completion
 from veil.providers.resilience import Breakers, backoff, is_timeout, retryable
 from veil.routing import Deployment, Route, Router
 from veil.routing.preferences import PreferenceStore
@@ -312,34 +313,18 @@ class Pipeline:
         )
         headers = route_headers(route, outbound)
         first = _deadline(deployment.first_token, deployment.total)
-        if request.stream:
-            committed = _Committed()
-            chunks = self._stream(ctx, request, route, outbound, policy, committed)
-            held: list[dict[str, Any]] = []
-            try:  # hold chunks back until the first token: a failure before it fails over
-                async with asyncio.timeout(first):
-                    async for chunk in chunks:
-                        held.append(chunk)
-                        if _has_token(chunk):
-                            break
-            except TimeoutError:
-                await chunks.aclose()  # type: ignore[attr-defined]
-                raise _timed_out(deployment, first) from None
-            except BaseException:
-                await chunks.aclose()  # type: ignore[attr-defined]
-                raise
-            committed.value = True
-            return ChatStream(route, _prepend(held, chunks), headers)
-        if first is None:
-            completion = await deployment.provider.complete(outbound.request, deployment.model)
-        else:
-            try:
-                async with asyncio.timeout(first):
-                    completion = await deployment.provider.complete(
-                        outbound.request, deployment.model
-                    )
-            except TimeoutError:
-                raise _timed_out(deployment, first) from None
+        # The connection is opened before the first token: the deployment's connect timeout
+        # (if it has its own) covers that part.
+        connect = CONNECT_TIMEOUT.set(deployment.connect) if deployment.connect else None
+        try:
+            if request.stream:
+                return await self._start_stream(
+                    ctx, request, route, outbound, policy, first, headers
+                )
+            completion = await self._complete(deployment, outbound, first)
+        finally:
+            if connect is not None:
+                CONNECT_TIMEOUT.reset(connect)
         body = {
             "id": "chatcmpl-" + ctx.request_id,
             "object": "chat.completion",
@@ -351,6 +336,48 @@ class Pipeline:
         self._gate.restore_body(body, outbound)
         self._meter(ctx, request, route, outbound, completion.usage, 200, None, policy)
         return ChatResult(route, body, headers)
+
+    async def _start_stream(
+        self,
+        ctx: RequestContext,
+        request: ChatRequest,
+        route: Route,
+        outbound: Outbound,
+        policy: str,
+        first: float | None,
+        headers: dict[str, str],
+    ) -> ChatStream:
+        """Start the stream and hold its chunks back until the first token: a failure before
+        it fails over, invisibly to the caller."""
+        committed = _Committed()
+        chunks = self._stream(ctx, request, route, outbound, policy, committed)
+        held: list[dict[str, Any]] = []
+        try:
+            async with asyncio.timeout(first):
+                async for chunk in chunks:
+                    held.append(chunk)
+                    if _has_token(chunk):
+                        break
+        except TimeoutError:
+            await chunks.aclose()  # type: ignore[attr-defined]
+            raise _timed_out(route.deployment, first) from None
+        except BaseException:
+            await chunks.aclose()  # type: ignore[attr-defined]
+            raise
+        committed.value = True
+        return ChatStream(route, _prepend(held, chunks), headers)
+
+    @staticmethod
+    async def _complete(
+        deployment: Deployment, outbound: Outbound, first: float | None
+    ) -> Completion:
+        if first is None:
+            return await deployment.provider.complete(outbound.request, deployment.model)
+        try:
+            async with asyncio.timeout(first):
+                return await deployment.provider.complete(outbound.request, deployment.model)
+        except TimeoutError:
+            raise _timed_out(deployment, first) from None
 
     async def _stream(
         self,

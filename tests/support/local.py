@@ -96,3 +96,19 @@ class LocalServer:
         result = call()
         [received] = self.since(before)
         return received, result
+
+
+class Blackhole:
+    """A port where connections are never accepted: its backlog is full, so a connect just
+    waits (the kernel drops the SYNs) — an upstream host that stopped answering."""
+
+    def __init__(self) -> None:
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(0)
+        self.port = int(self._listener.getsockname()[1])
+        self._filler = socket.create_connection(("127.0.0.1", self.port))  # fills the backlog
+
+    def close(self) -> None:
+        self._filler.close()
+        self._listener.close()

@@ -8,11 +8,16 @@ wire protocol; the HTTP mechanics (pools, timeouts, error mapping) live in
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
 from veil.chat import ChatRequest, Usage
 from veil.config import ProviderIdentity, Timeouts
+
+#: The connect timeout of the deployment being called, when it overrides its provider's;
+#: set by the pipeline around the call, read by the HTTP layer.
+CONNECT_TIMEOUT: ContextVar[float | None] = ContextVar("veil_connect_timeout", default=None)
 
 
 @dataclass(slots=True)

@@ -27,6 +27,7 @@ from veil.errors import (
     UpstreamUnavailable,
     VeilError,
 )
+from veil.providers.base import CONNECT_TIMEOUT
 
 ErrorCode = Callable[[bytes], tuple[str | None, str | None]]
 
@@ -43,11 +44,26 @@ class HttpClient:
         own shape; the default reads OpenAI's ``{"error": {"code", "param"}}``."""
         self._provider = provider
         self._error_code = error_code or openai_error_code
-        self._timeout = aiohttp.ClientTimeout(
+        self._timeout_default = aiohttp.ClientTimeout(
             total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.read
         )
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
+        self._connect_timeouts: dict[float, aiohttp.ClientTimeout] = {}
+
+    def _timeout(self) -> aiohttp.ClientTimeout:
+        """The session's timeouts, with the deployment's connect timeout if it has one."""
+        connect = CONNECT_TIMEOUT.get()
+        if connect is None:
+            return self._timeout_default
+        timeout = self._connect_timeouts.get(connect)
+        if timeout is None:
+            base = self._timeout_default
+            timeout = aiohttp.ClientTimeout(
+                total=base.total, sock_connect=connect, sock_read=base.sock_read
+            )
+            self._connect_timeouts[connect] = timeout
+        return timeout
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
@@ -56,7 +72,7 @@ class HttpClient:
         # Veil never forwards the caller's cookies, proxies or auth to an upstream.
         self._session = aiohttp.ClientSession(
             connector=connector,
-            timeout=self._timeout,
+            timeout=self._timeout_default,
             cookie_jar=aiohttp.DummyCookieJar(),
             trust_env=False,
             skip_auto_headers=("User-Agent",),
@@ -79,7 +95,9 @@ class HttpClient:
     ) -> dict[str, Any]:
         """POST a JSON body and return the JSON answer, or raise a mapped ``VeilError``."""
         try:
-            async with self.session.post(url, data=orjson.dumps(body), headers=headers) as resp:
+            async with self.session.post(
+                url, data=orjson.dumps(body), headers=headers, timeout=self._timeout()
+            ) as resp:
                 raw = await resp.read()
                 if resp.status >= 400:
                     raise self.status_error(resp.status, resp.headers, raw)
@@ -101,7 +119,9 @@ class HttpClient:
     ) -> AsyncIterator[AsyncIterator[bytes]]:
         """POST and yield an iterator over the ``data:`` payloads of the SSE answer."""
         try:
-            async with self.session.post(url, data=orjson.dumps(body), headers=headers) as resp:
+            async with self.session.post(
+                url, data=orjson.dumps(body), headers=headers, timeout=self._timeout()
+            ) as resp:
                 if resp.status >= 400:
                     raise self.status_error(resp.status, resp.headers, await resp.read())
                 yield self._events(resp)

@@ -51,6 +51,8 @@ class Deployment:
     #: Deadlines Veil enforces (seconds; ``None``: only the provider's own timeouts).
     first_token: float | None = None
     total: float | None = None
+    #: Connect timeout for HTTP upstreams, when it differs from the provider's.
+    connect: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +150,9 @@ class Router:
             for d in m.deployments:
                 provider = providers[d.provider]
                 first_token = d.timeout.first_token or provider.first_token_timeout
-                deployments.append(Deployment(provider, d.model, first_token, d.timeout.total))
+                deployments.append(
+                    Deployment(provider, d.model, first_token, d.timeout.total, d.timeout.connect)
+                )
             window = m.context_window
             if window is None and all(d.provider.context_window for d in deployments):
                 window = min(d.provider.context_window or 0 for d in deployments)
