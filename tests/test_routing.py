@@ -18,7 +18,7 @@ from tests.support.partner import client
 from tests.support.server import VeilServer, key_for, start_server, usage_row
 from veil.chat import ChatRequest
 from veil.config import parse_config
-from veil.errors import ConfigError
+from veil.errors import ConfigError, InvalidRequest
 from veil.providers import build_provider
 from veil.routing import Plan, Router
 from veil.routing.classifier import (
@@ -676,3 +676,24 @@ def test_a_stay_private_tenant_is_answered_on_the_device_without_consent(
     assert raw.headers["x-veil-provider"] == "claude"
     assert "x-veil-consent-missing" not in raw.headers
     assert usage_row(partners, raw.headers["x-request-id"])["consent"] == "standing"
+
+
+def device_only_router() -> Router:
+    """The bundled llama.cpp device alone (not loaded: only its window and its limits count)."""
+    parsed = parse_config("providers: [{name: device, type: llama_cpp, n_ctx: 400}]\n")
+    providers = {p.name: build_provider(p) for p in parsed.providers}
+    return Router(parsed, providers, FixedClassifier("code", "complex"))
+
+
+def test_auto_without_a_model_that_can_do_the_request_says_why() -> None:
+    router = device_only_router()
+    assert names(router.plan(ask("hello", max_tokens=10), "acme")) == ["smollm2-135m-instruct"]
+    with pytest.raises(InvalidRequest) as too_long:
+        router.plan(ask("word " * 400), "acme")
+    assert too_long.value.code == "context_length_exceeded"
+    assert "tokens" in too_long.value.message
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    with pytest.raises(InvalidRequest) as unsupported:
+        router.plan(ask("hello", max_tokens=10, tools=[tool]), "acme")
+    assert unsupported.value.code == "unsupported_parameter"
+    assert "tools" in unsupported.value.message

@@ -305,9 +305,18 @@ class Router:
         classification = self.classifier.classify(task_text(request))
         candidates = self._auto(request, tenant, preferences or {}, classification, tokens)
         if not candidates and self.knows("auto"):
+            device = self.device
+            if device is not None and device.fits(tokens):  # it fits, so it cannot do it
+                raise InvalidRequest(
+                    "the request asks for what only larger models do (tools, response_format, "
+                    "logprobs or images), and 'auto' has no model for it here: configure a "
+                    "private model or a partner default, or name a model",
+                    param="model",
+                    code="unsupported_parameter",
+                )
             raise InvalidRequest(
                 f"the request needs about {tokens} tokens (prompt and answer); no model "
-                "'auto' may choose has a context window that large or can do what it asks",
+                "'auto' may choose has a context window that large",
                 param="messages",
                 code="context_length_exceeded",
             )
