@@ -28,7 +28,7 @@ from tests.support.gemini_server import (
     GeminiServer,
 )
 from tests.support.openai_server import function_calls
-from tests.support.partner import assert_error_mapped, partner_client
+from tests.support.partner import assert_error_mapped, over_upstream_errors, partner_client
 from tests.support.server import ADMIN_KEY, VeilServer, start_server
 from veil.chat import ChatRequest
 from veil.config import GeminiProviderConfig
@@ -519,18 +519,7 @@ def test_blocked_prompt_is_a_content_filter_400(client: openai.OpenAI, stream: b
     assert info.value.code == "content_filter"
 
 
-@pytest.mark.parametrize(
-    ("status", "error", "code"),
-    [
-        (400, openai.BadRequestError, "INVALID_ARGUMENT"),
-        (401, openai.InternalServerError, "upstream_auth"),
-        (403, openai.InternalServerError, "upstream_auth"),
-        (429, openai.RateLimitError, "RESOURCE_EXHAUSTED"),
-        (500, openai.InternalServerError, "upstream_error"),
-        (503, openai.InternalServerError, "upstream_unavailable"),
-    ],
-)
-@pytest.mark.parametrize("stream", [False, True])
+@over_upstream_errors("INVALID_ARGUMENT", "RESOURCE_EXHAUSTED")
 def test_upstream_errors_are_mapped_without_their_message(
     client: openai.OpenAI, status: int, error: type[openai.APIStatusError], code: str, stream: bool
 ) -> None:

@@ -15,7 +15,7 @@ import pytest
 from openai.types.chat import ChatCompletionFunctionToolParam, ChatCompletionMessageParam
 
 from tests.support.openai_server import TOOL_CALLS, USAGE, OpenAIServer, function_calls
-from tests.support.partner import assert_error_mapped, partner_client
+from tests.support.partner import assert_error_mapped, over_upstream_errors, partner_client
 from tests.support.server import ADMIN_KEY, VeilServer, start_server
 from veil.chat import ChatRequest
 from veil.config import OpenAICompatibleProviderConfig, OpenAIProviderConfig
@@ -195,18 +195,7 @@ def test_length_finish_reason(client: openai.OpenAI) -> None:
     assert completion.choices[0].finish_reason == "length"
 
 
-@pytest.mark.parametrize(
-    ("status", "error", "code"),
-    [
-        (400, openai.BadRequestError, "test_error"),
-        (401, openai.InternalServerError, "upstream_auth"),
-        (403, openai.InternalServerError, "upstream_auth"),
-        (429, openai.RateLimitError, "test_429"),
-        (500, openai.InternalServerError, "upstream_error"),
-        (503, openai.InternalServerError, "upstream_unavailable"),
-    ],
-)
-@pytest.mark.parametrize("stream", [False, True])
+@over_upstream_errors("test_error", "test_429")
 def test_upstream_errors_are_mapped_without_their_message(
     client: openai.OpenAI, status: int, error: type[openai.APIStatusError], code: str, stream: bool
 ) -> None:

@@ -3,6 +3,9 @@ check that an upstream error reaches the caller mapped, and without the upstream
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 import openai
 import pytest
 
@@ -11,6 +14,30 @@ from tests.support.server import ADMIN_KEY, VeilServer
 #: Upstream HTTP status → the status Veil answers with.
 MAPPED_STATUS = {400: 400, 401: 502, 403: 502, 429: 429, 500: 502, 503: 503}
 SECRET = "my secret prompt"
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def over_upstream_errors(bad_request: str, rate_limited: str) -> Callable[[F], F]:
+    """Parametrize a test over the upstream statuses every partner maps — ``(status, the
+    SDK error the caller gets, Veil's code)`` — and over plain and streamed requests. Only
+    the codes of a 400 and a 429 differ between partners (they are the upstream's own)."""
+    cases = pytest.mark.parametrize(
+        ("status", "error", "code"),
+        [
+            (400, openai.BadRequestError, bad_request),
+            (401, openai.InternalServerError, "upstream_auth"),
+            (403, openai.InternalServerError, "upstream_auth"),
+            (429, openai.RateLimitError, rate_limited),
+            (500, openai.InternalServerError, "upstream_error"),
+            (503, openai.InternalServerError, "upstream_unavailable"),
+        ],
+    )
+    streams = pytest.mark.parametrize("stream", [False, True])
+
+    def apply(test: F) -> F:
+        return cases(streams(test))  # type: ignore[no-any-return]
+
+    return apply
 
 
 _OPEN: list[openai.OpenAI] = []
