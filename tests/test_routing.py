@@ -315,7 +315,8 @@ def test_a_complex_task_goes_private_first_and_the_device_comes_last() -> None:
         "last resort: the device",
     ]
     # What stays when the user has not consented to the partner.
-    assert [c.model.name for c in plan.private_fallbacks] == ["big-private", "phone/echo"]
+    fallbacks = router.private_fallbacks(ask("hi"))
+    assert [c.model.name for c in fallbacks] == ["big-private", "phone/echo"]
 
 
 @pytest.mark.parametrize(
@@ -401,7 +402,8 @@ def test_a_private_model_whose_window_is_too_small_is_skipped() -> None:
     long = router.plan(ask("word " * 60, max_tokens=10), "acme")
     assert long.tokens > 50
     assert "small-private" not in names(long)
-    assert "small-private" not in [c.model.name for c in long.private_fallbacks]
+    long_fallbacks = router.private_fallbacks(ask("word " * 60, max_tokens=10))
+    assert "small-private" not in [c.model.name for c in long_fallbacks]
     assert names(long)[0] == "big-private"
     # Without max_tokens the answer reserve alone outgrows the window.
     assert "small-private" not in names(router.plan(ask("hello"), "acme"))
@@ -417,7 +419,8 @@ def test_a_request_too_long_for_the_device_window_never_reaches_the_device() -> 
     assert plan.tokens > 400
     assert names(plan) == ["big-private", "gpt-x"]
     assert rules(plan)[0] == f"too long for the device ({plan.tokens} tokens); private tier first"
-    assert [c.model.name for c in plan.private_fallbacks] == ["big-private"]
+    fallbacks = router.private_fallbacks(ask("word " * 200))
+    assert [c.model.name for c in fallbacks] == ["big-private"]
 
 
 def test_routing_private_sets_the_private_tier_and_its_order() -> None:

@@ -184,7 +184,7 @@ class Pipeline:
                 raise self._gate.consent_required(missing)
             fallback = [
                 (c, d)
-                for c in plan.private_fallbacks
+                for c in self.router.private_fallbacks(request)
                 for d in self.policy.decide(tenant, c.model).allowed
                 if d.provider.tier != "partner"  # staying private means no partner at all
             ]

@@ -91,10 +91,8 @@ class Plan:
     requested: str
     #: The target first, then the failover order.
     candidates: tuple[Candidate, ...]
-    #: Best non-partner models, for ``on_no_consent: stay_private``.
-    private_fallbacks: tuple[Candidate, ...] = ()
     classification: Classification | None = None
-    #: Estimated tokens the request needs (prompt and answer).
+    #: Estimated tokens the request needs (prompt and answer); ``auto`` only.
     tokens: int = 0
 
     def reason(self, candidate: Candidate) -> str:
@@ -289,19 +287,14 @@ class Router:
     def plan(
         self, request: ChatRequest, tenant: str, preferences: dict[str, str] | None = None
     ) -> Plan:
-        tokens = estimate_tokens(request)
         if request.model != "auto":
             entry = self.entry(request.model)
             rule = "device model" if request.model == "device" else "model named in request"
             candidates = [Candidate(entry, rule)]
             for name in entry.fallbacks:
                 candidates.append(Candidate(self.entry(name), f"fallback of {entry.name}"))
-            return Plan(
-                request.model,
-                tuple(candidates),
-                self._private_fallbacks(request, tokens),
-                tokens=tokens,
-            )
+            return Plan(request.model, tuple(candidates))
+        tokens = estimate_tokens(request)
         classification = self.classifier.classify(task_text(request))
         candidates = self._auto(request, tenant, preferences or {}, classification, tokens)
         if not candidates and self.knows("auto"):
@@ -326,13 +319,7 @@ class Router:
                 "model, or default_model",
                 param="model",
             )
-        return Plan(
-            "auto",
-            tuple(candidates),
-            self._private_fallbacks(request, tokens),
-            classification,
-            tokens,
-        )
+        return Plan("auto", tuple(candidates), classification, tokens)
 
     def _device_can(self, request: ChatRequest, tokens: int) -> bool:
         device = self.device
@@ -342,8 +329,10 @@ class Router:
             and all(d.provider.supports(request) for d in device.deployments)
         )
 
-    def _private_fallbacks(self, request: ChatRequest, tokens: int) -> tuple[Candidate, ...]:
-        """Where ``stay_private`` may go: never a model with a partner deployment."""
+    def private_fallbacks(self, request: ChatRequest) -> tuple[Candidate, ...]:
+        """Where ``on_no_consent: stay_private`` may go, best first: never a model with a
+        partner deployment. Asked only when a consent is missing, not on every request."""
+        tokens = estimate_tokens(request)
         out = [
             Candidate(m, "private tier")
             for m in self.private
