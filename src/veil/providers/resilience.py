@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from veil.config import BreakerConfig, RetryConfig
@@ -43,7 +43,6 @@ class Breaker:
     failures: int = 0
     opened_at: float = 0.0
     probing: bool = False
-    opened: int = field(default=0)
 
     def allow(self) -> bool:
         """May a call go through now? In half-open state, only one at a time."""
@@ -76,7 +75,6 @@ class Breaker:
         if self.state == "half_open" or self.failures >= self.config.failures:
             self.opened_at = self.clock()
             if self.state != "open":
-                self.opened += 1
                 self._set("open")
 
     def release(self) -> None:
@@ -117,9 +115,6 @@ class Breakers:
             breaker = Breaker(self._config, notify, self._clock)
             self._breakers[key] = breaker
         return breaker
-
-    def states(self) -> dict[tuple[str, str], State]:
-        return {key: b.state for key, b in self._breakers.items()}
 
 
 def backoff(config: RetryConfig, attempt: int, retry_after: float | None = None) -> float | None:
