@@ -207,6 +207,8 @@ def test_usage_rows_are_written_with_metadata_only(
         "category": None,  # a named model: the task classifier did not run
         "difficulty": None,
         "attempts": 1,
+        "billed": 0,  # no prices configured: nothing to bill
+        "cost": 0,
     }
 
 

@@ -11,6 +11,7 @@ import ipaddress
 import os
 from collections.abc import Iterable, Iterator
 from datetime import date
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -26,6 +27,7 @@ from pydantic import (
 )
 
 from veil.errors import ConfigError, ConfigProblem
+from veil.ledger.money import PERCENT_DECIMALS, PRICE_DECIMALS, to_decimal
 from veil.tasks import Category
 
 Tier = Literal["device", "private", "partner"]
@@ -56,6 +58,19 @@ def _date_as_text(value: Any) -> Any:
 
 
 ApiVersion = Annotated[str, BeforeValidator(_date_as_text)]
+
+
+#: A price per million tokens: an exact decimal with at most six places.
+PriceValue = Annotated[Decimal, BeforeValidator(lambda v: to_decimal(v, PRICE_DECIMALS, "a price"))]
+#: An amount of money (a budget): an exact decimal with at most six places.
+MoneyValue = Annotated[
+    Decimal, BeforeValidator(lambda v: to_decimal(v, PRICE_DECIMALS, "an amount"))
+]
+Percent = Annotated[
+    Decimal, BeforeValidator(lambda v: to_decimal(v, PERCENT_DECIMALS, "a percentage"))
+]
+#: A party to a contract, a ledger account's name.
+PARTY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
 
 
 class _Strict(BaseModel):
@@ -208,6 +223,13 @@ ProviderConfig = Annotated[
 ]
 
 
+class Price(_Strict):
+    """Prices per million tokens, in ``metering.currency``."""
+
+    input: PriceValue
+    output: PriceValue
+
+
 class DeploymentTimeouts(_Strict):
     """Deadlines Veil enforces on one deployment, whatever the provider's own timeouts."""
 
@@ -236,6 +258,10 @@ class ModelConfig(_Strict):
     context_window: int | None = Field(None, ge=1)
     #: Models tried, in order, when every deployment of this one has failed.
     fallbacks: list[str] = Field(default_factory=list)
+    #: What tenants pay, per million tokens (default: ``cost``, i.e. passed through at cost).
+    price: Price | None = None
+    #: What the upstream charges for it, per million tokens (default: nothing).
+    cost: Price | None = None
 
 
 PiiType = Literal[
@@ -276,6 +302,38 @@ class TenantRoutingConfig(_Strict):
     on_no_consent: OnNoConsent | None = None
 
 
+class Budget(_Strict):
+    """Money that may be spent (at the billed price) per calendar period, in UTC."""
+
+    amount: MoneyValue
+    period: Literal["day", "month"] = "month"
+
+
+class Limit(_Strict):
+    """Limits on one caller: a tenant as a whole, one of its users, or one API key."""
+
+    #: Requests admitted in any 60-second window.
+    requests_per_minute: int | None = Field(None, ge=1)
+    #: Tokens (prompt and completion) used in any 60-second window; checked before
+    #: dispatch against what was used, so one request may overshoot it by its own size.
+    tokens_per_minute: int | None = Field(None, ge=1)
+    budget: Budget | None = None
+
+    def any(self) -> bool:
+        return bool(self.requests_per_minute or self.tokens_per_minute or self.budget)
+
+
+class LimitsConfig(_Strict):
+    """Rate limits and budgets, checked before dispatch (429 with ``Retry-After``)."""
+
+    #: The tenant as a whole.
+    tenant: Limit | None = None
+    #: Each user of the tenant (the key's user, else the request's ``user``).
+    user: Limit | None = None
+    #: Each API key.
+    key: Limit | None = None
+
+
 class TenantConfig(_Strict):
     name: str = Field(min_length=1)
     #: Where the tenant's data must stay (matched by ``policy.residency`` rules).
@@ -284,6 +342,10 @@ class TenantConfig(_Strict):
     partners: list[str] | None = None
     privacy: PrivacyConfig | None = None
     routing: TenantRoutingConfig = Field(default_factory=TenantRoutingConfig)
+    #: Model name → what this tenant pays for it, instead of the model's ``price``.
+    prices: dict[str, Price] = Field(default_factory=dict)
+    #: This tenant's limits; each scope given replaces the global one of ``limits``.
+    limits: LimitsConfig | None = None
 
 
 class HostingRule(_Strict):
@@ -362,6 +424,68 @@ class RoutingConfig(_Strict):
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
 
 
+Names = str | list[str]
+
+
+class ContractMatch(_Strict):
+    """Which requests a contract covers: every key given must match (a name or a list)."""
+
+    partner: Names | None = None
+    cloud: Names | None = None
+    tenant: Names | None = None
+    model: Names | None = None
+    tier: Tier | list[Tier] | None = None
+
+
+class ContractShare(_Strict):
+    """``percent`` of the request's revenue (what the tenant paid) or cost (what the
+    upstream charged), paid by ``payer`` to ``party``."""
+
+    party: str = Field(pattern=PARTY_PATTERN)
+    percent: Percent = Field(gt=0, le=100)
+    of: Literal["revenue", "cost"]
+    #: ``platform`` (the operator running Veil) or a party's name, e.g. the partner whose
+    #: revenue is shared.
+    payer: str = Field("platform", pattern=PARTY_PATTERN)
+
+
+class ContractConfig(_Strict):
+    """A revenue-share contract: on every matching request, each share is posted to the
+    ledger as a payment from its payer to its party."""
+
+    name: str = Field(min_length=1, pattern=PARTY_PATTERN)
+    match: ContractMatch = Field(default_factory=ContractMatch)
+    shares: list[ContractShare] = Field(min_length=1)
+
+
+class MeteringConfig(_Strict):
+    """Usage rows and ledger postings, written in batches off the request path."""
+
+    #: ``false`` records nothing at all (for measuring metering's own cost; nothing is
+    #: billed, no limit can be enforced).
+    enabled: bool = True
+    #: The currency of every price, budget and ledger amount.
+    currency: str = Field("USD", pattern=r"^[A-Z]{3}$")
+    #: Seconds between batched writes.
+    flush_interval: float = Field(0.2, gt=0, le=60)
+    #: Rows that trigger a write before the interval is up.
+    batch: int = Field(1024, ge=1)
+    #: The crash journal's directory (default ``$VEIL_HOME/journal``). Every dispatched and
+    #: every metered request is appended there before it is batched, and replayed on start.
+    journal: str | None = None
+    #: ``interval`` (fsync at every batch: survives a crash of the process, and a power
+    #: loss up to ``flush_interval``), ``always`` (fsync every entry) or ``never``.
+    fsync: Literal["interval", "always", "never"] = "interval"
+
+
+class RedisConfig(_Strict):
+    """Where replicas share rate-limit and budget counters."""
+
+    url: Secret
+    #: Prepended to every key Veil writes.
+    prefix: str = "veil:"
+
+
 def _default_providers() -> list[ProviderConfig]:
     return [LlamaCppProviderConfig(type="llama_cpp", name="device")]
 
@@ -379,6 +503,11 @@ class Config(_Strict):
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     #: The default for tenants without a ``privacy`` of their own.
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    contracts: list[ContractConfig] = Field(default_factory=list)
+    metering: MeteringConfig = Field(default_factory=MeteringConfig)
+    #: Shared counters for several replicas; without it, limits are kept per process.
+    redis: RedisConfig | None = None
 
 
 # --------------------------------------------------------------------------- loading
@@ -490,6 +619,17 @@ def _cross_check(config: Config) -> Iterator[tuple[tuple[Any, ...], str]]:
         if t.name in tenants:
             yield ("tenants", i, "name"), f"tenant {t.name!r} is listed twice"
         tenants.add(t.name)
+        for model in t.prices:
+            if model not in names:
+                yield ("tenants", i, "prices", model), f"no model named {model!r}"
+    contracts: set[str] = set()
+    for i, c in enumerate(config.contracts):
+        if c.name in contracts:
+            yield ("contracts", i, "name"), f"contract name {c.name!r} is used twice"
+        contracts.add(c.name)
+        for j, s in enumerate(c.shares):
+            if s.payer == s.party:
+                yield ("contracts", i, "shares", j, "payer"), "a party cannot pay itself"
     if config.server.auth == "none" and not config.server.is_loopback():
         yield (
             ("server", "auth"),

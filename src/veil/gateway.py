@@ -7,14 +7,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from sqlalchemy import func, select
 
 from veil.auth import KeyStore
 from veil.config import Config
 from veil.gate import Gate
 from veil.home import default_database_url
-from veil.ledger.usage import UsageRecorder
+from veil.ledger import journal
+from veil.ledger.limits import Limiter, Limits, LocalLimiter, RedisLimiter, Scope
+from veil.ledger.postings import Book, Tariff
+from veil.ledger.tokens import TokenCounter
+from veil.ledger.usage import UsageRecorder, write_records
 from veil.metrics import Metrics
 from veil.pipeline import Pipeline
 from veil.policy import ConsentStore, PolicyEngine
@@ -22,6 +29,7 @@ from veil.providers import Provider, build_provider
 from veil.providers.resilience import Breakers
 from veil.routing import PreferenceStore, Router
 from veil.store import db
+from veil.store.models import Usage
 
 if TYPE_CHECKING:
     from veil.privacy import PiiDetector
@@ -40,7 +48,26 @@ class Gateway:
         self.providers: dict[str, Provider] = {p.name: build_provider(p) for p in config.providers}
         self.router = Router(config, self.providers)
         self.metrics = Metrics()
-        self.recorder = UsageRecorder(self.engine)
+        metering = config.metering
+        self.tariff = Tariff(config)
+        self.book = Book(config.contracts)
+        self.journal_dir = Path(metering.journal) if metering.journal else home / "journal"
+        self.recorder = UsageRecorder(
+            self.engine,
+            self.book,
+            metering.flush_interval,
+            metering.batch,
+            journal.Journal(self.journal_dir, metering.fsync) if metering.enabled else None,
+        )
+        limits = Limits(config)
+        self.limiter: Limiter
+        if config.redis is not None:
+            self.limiter = RedisLimiter(
+                limits, self._spent, config.redis.url.get_secret_value(), config.redis.prefix
+            )
+        else:
+            self.limiter = LocalLimiter(limits, self._spent)
+        self.counter = TokenCounter()
         salt = db.install_salt(self.engine)
         self.policy = PolicyEngine(config)
         self.consents = ConsentStore(self.engine, salt, config.server.key_cache_seconds)
@@ -64,6 +91,10 @@ class Gateway:
             preferences=self.preferences,
             retries=config.routing.retries,
             breakers=Breakers(config.routing.breaker, self.metrics.breaker_changed),
+            tariff=self.tariff,
+            limiter=self.limiter,
+            counter=self.counter,
+            metering=metering.enabled,
         )
         for name, provider in self.providers.items():
             if provider.queue_depth is not None:
@@ -77,18 +108,72 @@ class Gateway:
         self.router.classifier  # noqa: B018 - load the task classifier now, not on a request
         if self.detector is not None:
             self.detector.warm()
+        if self._counts_tokens():
+            self.counter.load()
+
+    def _counts_tokens(self) -> bool:
+        return any(p.tier != "device" for p in self.providers.values())
 
     async def start(self) -> None:
         await asyncio.gather(*(p.start() for p in self.providers.values()))
         await asyncio.to_thread(lambda: self.router.classifier)
         if self.detector is not None:
             await asyncio.to_thread(self.detector.warm)
+        if self._counts_tokens():
+            await asyncio.to_thread(self.counter.load)
+        if self.config.metering.enabled:
+            await asyncio.to_thread(self.recover)
+            assert self.recorder.journal is not None
+            self.recorder.journal.open()
+        await self.limiter.start()
         await self.recorder.start()
         self.started = True
+
+    def recover(self) -> int:
+        """Post what a process that died left in the journal (idempotently)."""
+        found = journal.recover(self.journal_dir)
+        if not found.paths:
+            return 0
+        try:
+            if found.records:
+                write_records(self.engine, self.book, found.records)
+        except Exception:
+            found.abandon()
+            raise
+        found.release()
+        if found.records:
+            log.warning(
+                "recovered %d metered and %d interrupted requests from the journal",
+                found.metered,
+                found.interrupted,
+            )
+        return len(found.records)
+
+    async def _spent(self, scope: Scope, start: datetime, end: datetime) -> int:
+        """Units billed to a scope in [start, end), from the usage table (budgets' seed)."""
+
+        def query() -> int:
+            where = [Usage.created_at >= start, Usage.created_at < end]
+            if scope.kind == "tenant":
+                where.append(Usage.tenant == scope.ident)
+            elif scope.kind == "user":
+                where += [
+                    Usage.tenant == scope.tenant,
+                    Usage.user_hash == scope.ident.split("/")[-1],
+                ]
+            else:
+                where.append(Usage.key_id == scope.ident)
+            with self.engine.connect() as conn:
+                return int(
+                    conn.scalar(select(func.coalesce(func.sum(Usage.billed), 0)).where(*where)) or 0
+                )
+
+        return await asyncio.to_thread(query)
 
     async def close(self) -> None:
         self.started = False
         await self.recorder.close()
+        await self.limiter.close()
         await asyncio.gather(*(p.close() for p in self.providers.values()), return_exceptions=True)
         self.engine.dispose()
 

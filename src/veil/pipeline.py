@@ -23,6 +23,9 @@ from veil.chat import ChatRequest, Usage
 from veil.config import BreakerConfig, RetryConfig
 from veil.errors import UpstreamTimeout, UpstreamUnavailable, VeilError
 from veil.gate import Clearance, Gate, Outbound
+from veil.ledger.limits import Limiter, Scope
+from veil.ledger.postings import Tariff
+from veil.ledger.tokens import TokenCounter
 from veil.ledger.usage import UsageRecord, UsageRecorder
 from veil.metrics import Metrics
 from veil.policy import PolicyEngine
@@ -31,10 +34,13 @@ from veil.providers.base import CONNECT_TIMEOUT, Completion
 from veil.providers.resilience import Breakers, backoff, is_timeout, retryable
 from veil.routing import Deployment, Route, Router
 from veil.routing.preferences import PreferenceStore
-from veil.routing.router import Candidate, Plan
+from veil.routing.router import Candidate, Plan, prompt_tokens
 
 #: Status recorded when the caller went away before the answer was complete (nginx's 499).
 CLIENT_CLOSED = 499
+#: Token methods that mean "nobody counted": the upstream reported no usage (``missing``)
+#: or only an estimate of it (``estimated``). Veil counts those tokens itself.
+UNCOUNTED = frozenset({"missing", "estimated"})
 
 
 @dataclass(slots=True)
@@ -50,6 +56,8 @@ class RequestContext:
     attempts: int = 0
     #: The policy decision, once made (for the usage row).
     policy: str | None = None
+    #: The limits this request was admitted under (its tokens and cost count against them).
+    scopes: list[Scope] = field(default_factory=list)
 
 
 def route_headers(route: Route, outbound: Outbound | None = None) -> dict[str, str]:
@@ -114,6 +122,10 @@ class Pipeline:
         preferences: PreferenceStore | None = None,
         retries: RetryConfig | None = None,
         breakers: Breakers | None = None,
+        tariff: Tariff | None = None,
+        limiter: Limiter | None = None,
+        counter: TokenCounter | None = None,
+        metering: bool = True,
     ) -> None:
         self.keys = keys
         self.router = router
@@ -126,6 +138,10 @@ class Pipeline:
         self._preferences = preferences
         self._retries = retries or RetryConfig()
         self.breakers = breakers or Breakers(BreakerConfig(), metrics.breaker_changed)
+        self._tariff = tariff
+        self._limiter = limiter if limiter is not None and limiter.limits.active else None
+        self._counter = counter
+        self._metering = metering
 
     # ------------------------------------------------------------ authenticate
 
@@ -138,12 +154,25 @@ class Pipeline:
 
     async def chat(self, ctx: RequestContext, request: ChatRequest) -> ChatResult | ChatStream:
         try:
+            if self._limiter is not None:
+                await self._admit(ctx, request, self._limiter)
             plan = await self._plan(ctx, request)
             steps, clearance, policy, notes = await self._clear(ctx, request, plan)
         except VeilError as exc:
             self.reject(ctx, exc, request, policy=ctx.policy or _denied(exc))
             raise
         return await self._dispatch_all(ctx, request, steps, clearance, policy, notes)
+
+    async def _admit(self, ctx: RequestContext, request: ChatRequest, limiter: Limiter) -> None:
+        """Rate limits and budgets of the tenant, the user and the key, before anything else."""
+        principal = ctx.principal
+        user = principal.user or request.user
+        scopes = limiter.limits.scopes(
+            principal.tenant, pseudonym(self._salt, user), principal.key_id
+        )
+        if scopes:
+            await limiter.admit(scopes)
+            ctx.scopes = scopes
 
     async def _plan(self, ctx: RequestContext, request: ChatRequest) -> Plan:
         preferences: dict[str, str] = {}
@@ -311,6 +340,14 @@ class Pipeline:
         step.outbound = outbound = await self._gate.outbound(
             ctx.principal, request, deployment, clearance
         )
+        if self._metering:
+            # Should the gateway die before this is metered, the journal bills the prompt.
+            estimate = Usage(prompt_tokens(outbound.request), 0, "estimated")
+            self._recorder.dispatched(
+                self._usage_record(
+                    ctx, request, route, outbound, estimate, 500, "interrupted", policy, 0.0
+                )
+            )
         headers = route_headers(route, outbound)
         first = _deadline(deployment.first_token, deployment.total)
         # The connection is opened before the first token: the deployment's connect timeout
@@ -333,8 +370,11 @@ class Pipeline:
         }
         body["id"] = "chatcmpl-" + ctx.request_id
         body["model"] = route.model.name
+        usage = completion.usage
+        if usage.method in UNCOUNTED and self._counter is not None:
+            usage = self._counter.count(outbound.request, _answer_text(body), usage)
         self._gate.restore_body(body, outbound)
-        self._meter(ctx, request, route, outbound, completion.usage, 200, None, policy)
+        self._meter(ctx, request, route, outbound, usage, 200, None, policy)
         return ChatResult(route, body, headers)
 
     async def _start_stream(
@@ -398,6 +438,9 @@ class Pipeline:
             upstream = self._gate.restore_stream(upstream, outbound)
         total = deployment.total
         ends = None if total is None else time.monotonic() + total
+        # What was delivered, kept (in memory, for this request only) in case the upstream
+        # never reports usage and the tokens have to be counted.
+        delivered: list[str] | None = [] if self._counter is not None else None
         try:
             while True:
                 try:
@@ -412,8 +455,13 @@ class Pipeline:
                     raise UpstreamTimeout(
                         f"provider {deployment.provider.name} did not finish within {total:g} s"
                     ) from None
+                if delivered is not None:
+                    _collect(chunk, delivered)
                 yield {**ident, **chunk, "id": ident["id"], "model": ident["model"]}
             status, code = 200, None
+            if delivered is not None and state.usage.method in UNCOUNTED:
+                state.usage = self._counter_for(outbound, delivered, state.usage)
+                delivered = None
             if request.include_usage:
                 yield {
                     **ident,
@@ -434,7 +482,14 @@ class Pipeline:
             # Once the answer has started it is billed for what was produced, also when the
             # caller left or the upstream broke; before that, the dispatcher meters the end.
             if committed.value:
-                self._meter(ctx, request, route, outbound, state.usage, status, code, policy)
+                usage = state.usage
+                if delivered is not None and usage.method in UNCOUNTED:
+                    usage = self._counter_for(outbound, delivered, usage)
+                self._meter(ctx, request, route, outbound, usage, status, code, policy)
+
+    def _counter_for(self, outbound: Outbound, delivered: list[str], usage: Usage) -> Usage:
+        assert self._counter is not None
+        return self._counter.count(outbound.request, "".join(delivered), usage)
 
     def reject(
         self,
@@ -488,43 +543,100 @@ class Pipeline:
         policy: str | None,
         seconds: float | None = None,
     ) -> None:
+        if not self._metering:
+            return
         if seconds is None:
             seconds = time.perf_counter() - ctx.started
+        record = self._usage_record(
+            ctx, request, route, outbound, usage, status, code, policy, seconds
+        )
+        self._recorder.record(record)
+        if ctx.scopes and self._limiter is not None:
+            tokens = usage.prompt_tokens + usage.completion_tokens
+            self._limiter.used(ctx.scopes, tokens, record.billed)
+
+    def _usage_record(
+        self,
+        ctx: RequestContext,
+        request: ChatRequest | None,
+        route: Route | None,
+        outbound: Outbound | None,
+        usage: Usage,
+        status: int,
+        code: str | None,
+        policy: str | None,
+        seconds: float,
+    ) -> UsageRecord:
         user = ctx.principal.user or (request.user if request is not None else None)
         provider = route.deployment.provider if route is not None else None
         redactions = outbound.redactions if outbound is not None else {}
-        self._recorder.record(
-            UsageRecord(
-                id=ctx.request_id,
-                created_at=datetime.now(UTC),
-                tenant=ctx.principal.tenant,
-                user_hash=pseudonym(self._salt, user),
-                key_id=ctx.principal.key_id,
-                tier=provider.tier if provider else None,
-                provider=provider.name if provider else None,
-                model=route.model.name if route else None,
-                stream=bool(request and request.stream),
-                prompt_tokens=usage.prompt_tokens,
-                completion_tokens=usage.completion_tokens,
-                token_method=usage.method if route else None,
-                latency_ms=round(seconds * 1000, 3),
-                status=status,
-                error_code=code,
-                partner=provider.partner if provider and provider.tier == "partner" else None,
-                cloud=provider.cloud if provider and provider.tier == "partner" else None,
-                policy=policy[:512] if policy else None,
-                consent=outbound.consent if outbound is not None else None,
-                redactions=orjson.dumps(redactions).decode() if redactions else None,
-                category=ctx.task[0] if ctx.task else None,
-                difficulty=ctx.task[1] if ctx.task else None,
-                attempts=ctx.attempts,
+        tenant = ctx.principal.tenant
+        model = route.model.name if route else None
+        billed = cost = 0
+        if self._tariff is not None and model is not None:
+            billed, cost = self._tariff.charge(
+                tenant, model, usage.prompt_tokens, usage.completion_tokens
             )
+        partner = provider is not None and provider.tier == "partner"
+        return UsageRecord(
+            id=ctx.request_id,
+            created_at=datetime.now(UTC),
+            tenant=tenant,
+            user_hash=pseudonym(self._salt, user),
+            key_id=ctx.principal.key_id,
+            tier=provider.tier if provider else None,
+            provider=provider.name if provider else None,
+            model=model,
+            stream=bool(request and request.stream),
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            token_method=usage.method if route else None,
+            latency_ms=round(seconds * 1000, 3),
+            status=status,
+            error_code=code,
+            partner=provider.partner if partner and provider else None,
+            cloud=provider.cloud if partner and provider else None,
+            policy=policy[:512] if policy else None,
+            consent=outbound.consent if outbound is not None else None,
+            redactions=orjson.dumps(redactions).decode() if redactions else None,
+            category=ctx.task[0] if ctx.task else None,
+            difficulty=ctx.task[1] if ctx.task else None,
+            attempts=ctx.attempts,
+            billed=billed,
+            cost=cost,
         )
 
 
 def _denied(error: VeilError) -> str | None:
     # A policy refusal's message names the rules; keep that decision with the usage row.
     return f"policy denied: {error.message}" if error.code == "policy_denied" else None
+
+
+def _collect(chunk: dict[str, Any], into: list[str]) -> None:
+    """Append the answer text a chunk carries (content and tool-call arguments)."""
+    for choice in chunk.get("choices") or ():
+        delta = choice.get("delta") or {}
+        content = delta.get("content")
+        if content:
+            into.append(content)
+        for call in delta.get("tool_calls") or ():
+            arguments = (call.get("function") or {}).get("arguments")
+            if arguments:
+                into.append(arguments)
+
+
+def _answer_text(body: dict[str, Any]) -> str:
+    parts: list[str] = []
+    for choice in body.get("choices") or ():
+        message = choice.get("message") or {}
+        content = message.get("content")
+        if isinstance(content, str):
+            parts.append(content)
+        for call in message.get("tool_calls") or ():
+            arguments = (call.get("function") or {}).get("arguments")
+            if isinstance(arguments, str):
+                parts.append(arguments)
+    return "".join(parts)
 
 
 def _has_token(chunk: dict[str, Any]) -> bool:

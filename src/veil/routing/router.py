@@ -118,12 +118,16 @@ class Route:
         return self.deployment.provider.tier
 
 
-def estimate_tokens(request: ChatRequest) -> int:
-    """Tokens the request needs: the prompt (about 3 characters a token, on the safe side
-    of every tokenizer we ship for), 4 per message for the chat template, and the answer."""
+def prompt_tokens(request: ChatRequest) -> int:
+    """The prompt's tokens, estimated: about 3 characters a token (on the safe side of every
+    tokenizer we ship for) and 4 per message for the chat template."""
     chars = sum(len(m.text()) for m in request.messages)
-    prompt = math.ceil(chars / 3) + 4 * len(request.messages)
-    return prompt + (request.token_limit or DEFAULT_ANSWER_RESERVE)
+    return math.ceil(chars / 3) + 4 * len(request.messages)
+
+
+def estimate_tokens(request: ChatRequest) -> int:
+    """Tokens the request needs: the prompt and the answer."""
+    return prompt_tokens(request) + (request.token_limit or DEFAULT_ANSWER_RESERVE)
 
 
 def task_text(request: ChatRequest) -> str:

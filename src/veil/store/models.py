@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, DateTime, Float, Integer, String
+from sqlalchemy import BigInteger, Boolean, DateTime, Float, Index, Integer, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -68,6 +68,42 @@ class Usage(Base):
     difficulty: Mapped[str | None] = mapped_column(String(16), nullable=True)
     #: Upstream calls made for this request (retries and failovers included; 0 if none).
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: What the tenant is billed and what the upstream charges, in units of 10⁻¹² of
+    #: ``metering.currency`` (``veil.ledger.money``).
+    billed: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    cost: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+
+    __table_args__ = (Index("ix_usage_tenant_created", "tenant", "created_at"),)
+
+
+class LedgerEntry(Base):
+    """One line of a request's double-entry posting. A request's lines sum to zero.
+
+    ``amount`` is in units of 10⁻¹² of the currency: positive is a debit (the account owes,
+    or paid), negative a credit (the account is owed). Accounts: ``tenant:<name>`` (what
+    a tenant owes), ``platform`` (the operator running Veil), ``party:<name>`` (a partner,
+    cloud or anyone a contract names). Written once per request: the key is the request id
+    and the line number, so posting the same request again changes nothing.
+    """
+
+    __tablename__ = "ledger_entries"
+    request_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    line: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: When the request was made (the period a statement puts it in).
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    account: Mapped[str] = mapped_column(String(160))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    #: ``charge`` (tenant → platform), ``cost`` (platform → the upstream's host), ``share``
+    #: (a contract's payer → its party).
+    kind: Mapped[str] = mapped_column(String(16))
+    #: The account on the other side of this line.
+    counterparty: Mapped[str] = mapped_column(String(160))
+    contract: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    #: Copied from the usage row, so that statements need no join.
+    tenant: Mapped[str] = mapped_column(String(128))
+    model: Mapped[str | None] = mapped_column(String(256), nullable=True)
+
+    __table_args__ = (Index("ix_ledger_account_at", "account", "at"), Index("ix_ledger_at", "at"))
 
 
 class Consent(Base):
