@@ -9,6 +9,16 @@ import pytest
 
 from tests.support.partner import close_clients
 from tests.support.server import ADMIN_KEY, VeilServer, start_server
+from tests.support.services import (
+    PG_MISSING,
+    REDIS_MISSING,
+    PostgresServer,
+    RedisServer,
+    postgres_bin_dir,
+    redis_binary,
+    start_postgres,
+    start_redis,
+)
 from tests.support.upstream import Upstream, free_port
 
 REQUIRE_ALL = os.environ.get("VEIL_REQUIRE_ALL") == "1"
@@ -99,3 +109,43 @@ def admin_headers() -> dict[str, str]:
 
 def db_path(home: Path) -> Path:
     return home / "veil.db"
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL server for the session (initdb in a temporary directory)."""
+    if postgres_bin_dir() is None:
+        pytest.skip(PG_MISSING)
+    pg = start_postgres()
+    yield pg
+    pg.stop()
+
+
+@pytest.fixture
+def pg_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """The SQLAlchemy URL of a new, empty database, dropped after the test."""
+    name = postgres_server.create_database()
+    yield postgres_server.url(name)
+    postgres_server.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A throwaway Redis server for the session (no snapshots, no append-only file)."""
+    if redis_binary() is None:
+        pytest.skip(REDIS_MISSING)
+    server = start_redis()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: RedisServer) -> str:
+    return redis_server.url
+
+
+@pytest.fixture
+def fresh_redis_url(redis_server: RedisServer) -> str:
+    """``redis_url`` with its database emptied (FLUSHDB) before the test."""
+    redis_server.flushdb()
+    return redis_server.url

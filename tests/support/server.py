@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import IO, Any
 
 import httpx
+import sqlalchemy
+from sqlalchemy import RowMapping
+from sqlalchemy.pool import NullPool
 
 from tests.support.upstream import free_port
 
@@ -92,8 +95,14 @@ def wait_ready(server: VeilServer, timeout: float = 120) -> None:
     raise RuntimeError(f"veil serve was not ready in {timeout}s:\n{server.log}")
 
 
-def usage_row(server: VeilServer, request_id: str) -> sqlite3.Row:
-    """The usage row of a request, once the background writer has flushed it."""
+def usage_row(
+    server: VeilServer, request_id: str, url: str | None = None
+) -> sqlite3.Row | RowMapping:
+    """The usage row of a request, once the background writer has flushed it: from the
+    database at SQLAlchemy ``url`` when given, else from the server's own SQLite file.
+    Either way the row's columns read as ``row["name"]``."""
+    if url is not None:
+        return _usage_row_at(url, request_id)
     for _ in range(100):
         with sqlite3.connect(server.home / "veil.db") as conn:
             conn.row_factory = sqlite3.Row
@@ -101,6 +110,21 @@ def usage_row(server: VeilServer, request_id: str) -> sqlite3.Row:
         if row is not None:
             return row  # type: ignore[no-any-return]
         time.sleep(0.05)
+    raise AssertionError(f"no usage row for {request_id}")
+
+
+def _usage_row_at(url: str, request_id: str) -> RowMapping:
+    engine = sqlalchemy.create_engine(url, poolclass=NullPool)
+    query = sqlalchemy.text("SELECT * FROM usage WHERE id = :id")
+    try:
+        for _ in range(100):
+            with engine.connect() as conn:
+                row = conn.execute(query, {"id": request_id}).mappings().first()
+            if row is not None:
+                return row
+            time.sleep(0.05)
+    finally:
+        engine.dispose()
     raise AssertionError(f"no usage row for {request_id}")
 
 

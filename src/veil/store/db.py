@@ -18,11 +18,14 @@ from typing import Any
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import Engine, create_engine, event, select, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from veil.store.models import Meta
 
 _ALEMBIC_INI = Path(__file__).with_name("alembic.ini")
+#: PostgreSQL advisory lock key held while migrating (any fixed 64-bit number; "veil.mig").
+_MIGRATION_LOCK = 0x7665696C2E6D6967
 
 
 def make_engine(url: str) -> Engine:
@@ -39,7 +42,9 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    # A server shares the engine between its worker threads (usage writer, key lookups, the
+    # admin API); the pool bounds the connections each replica holds open.
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, pool_recycle=1800)
 
 
 def migrate(engine: Engine) -> None:
@@ -47,6 +52,10 @@ def migrate(engine: Engine) -> None:
     cfg = AlembicConfig(str(_ALEMBIC_INI))
     logging.getLogger("alembic").setLevel(logging.WARNING)
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Replicas starting together would each create the same tables; the lock makes
+            # them take turns, and those after the first find the schema already at head.
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
 
@@ -85,10 +94,9 @@ def install_salt(engine: Engine) -> str:
     """The install's secret salt for user pseudonyms, made on first use."""
     salt = get_meta(engine, "user_salt")
     if salt is None:
-        with Session(engine) as s, s.begin():
-            existing = s.get(Meta, "user_salt")
-            if existing is None:
-                s.add(Meta(key="user_salt", value=secrets.token_hex(32)))
+        # Another replica may make it at the same moment: whichever commits first wins.
+        with contextlib.suppress(IntegrityError), Session(engine) as s, s.begin():
+            s.add(Meta(key="user_salt", value=secrets.token_hex(32)))
         salt = get_meta(engine, "user_salt")
         assert salt is not None
     return salt
