@@ -23,6 +23,7 @@ from veil.chat import ChatRequest, Message
 from veil.config import Config, ServerConfig, load_config
 from veil.errors import ConfigError, InvalidRequest, VeilError
 from veil.home import default_database_url, veil_home
+from veil.ledger import cli as ledger_cli
 from veil.pipeline import ChatResult, RequestContext
 from veil.policy import ConsentStore, parse_consent_header
 from veil.privacy.cli import pii_app
@@ -53,6 +54,9 @@ app.add_typer(consent_app, name="consent")
 app.add_typer(prefs_app, name="prefs")
 app.add_typer(pii_app, name="pii")
 app.add_typer(route_app, name="route")
+app.add_typer(ledger_cli.ledger_app, name="ledger")
+app.command("usage")(ledger_cli.usage)
+app.command("statement")(ledger_cli.statement)
 
 out = Console()
 err = Console(stderr=True, soft_wrap=True)

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp
 
 import veil
-from veil.api import admin, chat, consents, health, preferences
+from veil.api import admin, chat, consents, health, preferences, reports
 from veil.api import errors as api_errors
 from veil.api.middleware import RequestMiddleware
 from veil.gateway import Gateway
@@ -45,6 +45,7 @@ def create_app(gw: Gateway) -> ASGIApp:
     app.include_router(consents.router)
     app.include_router(preferences.router)
     app.include_router(admin.router)
+    app.include_router(reports.router)
     app.include_router(health.router)
     api_errors.install(app)
 
