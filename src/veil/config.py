@@ -113,10 +113,10 @@ class Timeouts(_Strict):
 class ProviderIdentity(_Strict):
     """What every provider declares: its name, tier, whose model, who hosts it, where."""
 
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
     tier: Tier = "device"
-    partner: str | None = None
-    cloud: str | None = None
+    partner: str | None = Field(None, max_length=64)
+    cloud: str | None = Field(None, max_length=64)
     region: str | None = None
 
 
@@ -250,8 +250,8 @@ class DeploymentConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    name: str = Field(min_length=1)
-    aliases: list[str] = Field(default_factory=list)
+    name: str = Field(min_length=1, max_length=256)
+    aliases: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(default_factory=list)
     deployments: list[DeploymentConfig] = Field(min_length=1)
     #: Tokens the model reads and writes at most; ``model: auto`` skips it for requests
     #: that would not fit.
@@ -335,7 +335,7 @@ class LimitsConfig(_Strict):
 
 
 class TenantConfig(_Strict):
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=128)
     #: Where the tenant's data must stay (matched by ``policy.residency`` rules).
     region: str | None = None
     #: Partners this tenant may reach at all (``None``: any the policy allows).
@@ -441,19 +441,19 @@ class ContractShare(_Strict):
     """``percent`` of the request's revenue (what the tenant paid) or cost (what the
     upstream charged), paid by ``payer`` to ``party``."""
 
-    party: str = Field(pattern=PARTY_PATTERN)
+    party: str = Field(max_length=150, pattern=PARTY_PATTERN)
     percent: Percent = Field(gt=0, le=100)
     of: Literal["revenue", "cost"]
     #: ``platform`` (the operator running Veil) or a party's name, e.g. the partner whose
     #: revenue is shared.
-    payer: str = Field("platform", pattern=PARTY_PATTERN)
+    payer: str = Field("platform", max_length=150, pattern=PARTY_PATTERN)
 
 
 class ContractConfig(_Strict):
     """A revenue-share contract: on every matching request, each share is posted to the
     ledger as a payment from its payer to its party."""
 
-    name: str = Field(min_length=1, pattern=PARTY_PATTERN)
+    name: str = Field(min_length=1, max_length=128, pattern=PARTY_PATTERN)
     match: ContractMatch = Field(default_factory=ContractMatch)
     shares: list[ContractShare] = Field(min_length=1)
 
