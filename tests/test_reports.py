@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -212,7 +213,8 @@ def test_periods_are_utc_and_half_open(text: str, start: datetime, end: datetime
 @pytest.mark.parametrize(
     "text",
     ["", "2024", "2024-13", "2024-00", "2023-02-29", "2024/01", "2024-1", "01-2024",
-     "2024-01-05..2024-01-01", "2024-01..2024-02", "2024-01-01..", "last month"],
+     "2024-01-05..2024-01-01", "2024-01..2024-02", "2024-01-01..", "last month", "0000-01",
+     "0000-01-01", "9999-12", "9999-12-31", "１２３４-01"],
 )  # fmt: skip
 def test_bad_periods_are_clear_errors(text: str) -> None:
     with pytest.raises(InvalidRequest) as caught:
@@ -597,7 +599,9 @@ def test_cli_reconcile_exits_1_on_tampering(tmp_path: Path) -> None:
     home, config, book = cli_home(tmp_path)
     ok = run(home, "ledger", "reconcile", "--config", str(config))
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert f"Checked {len({x['request_id'] for x in book.lines})} requests" in ok.stdout
+    assert (
+        f"Checked {len({x['request_id'] for x in book.lines})} requests in the ledger" in ok.stdout
+    )
     assert "ok" in ok.stdout
     engine = db.make_engine(f"sqlite:///{home / 'veil.db'}")
     _set_line(engine, "r010-openai", "share", True, 1)
@@ -719,3 +723,120 @@ def test_statements_are_for_the_admin_only(report_server: tuple[VeilServer, Ledg
     }
     bad = httpx.get(url, params={"party": "a b", "period": "2024-01"}, headers=ADMIN)
     assert (bad.status_code, bad.json()["error"]["param"]) == (400, "party")
+
+
+# ------------------------------------------------------------------------ end to end
+
+LIVE = """
+providers:
+  - {name: fake, type: fake}
+  - {name: partner-fake, type: fake, tier: partner, partner: openai, cloud: azure}
+models:
+  - name: echo
+    price: {input: 1.500001, output: 6.000003}
+    deployments: [{provider: fake, model: echo}]
+  - name: gpt
+    price: {input: 2.500007, output: 10.000011}
+    cost: {input: 1.25, output: 5.000001}
+    deployments: [{provider: partner-fake, model: echo}]
+  - name: broken
+    price: {input: 1, output: 1}
+    deployments: [{provider: fake, model: error-500}]
+routing: {retries: {attempts: 1, backoff: 0}}
+contracts:
+  - name: azure-share
+    match: {partner: openai}
+    shares: [{party: microsoft, percent: 13.3333, of: cost, payer: azure}]
+metering: {flush_interval: 0.05, currency: EUR}
+"""
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_reports_agree_with_what_the_gateway_metered(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Traffic through a real server, then its reports and reconcile over what it wrote."""
+    home = tmp_path / "home"
+    url = f"sqlite:///{home / 'veil.db'}"
+    config = LIVE
+    if backend == "postgresql":
+        url = request.getfixturevalue("pg_url")
+        config = f"database: {{url: '{url}'}}\n" + LIVE
+    config_file = tmp_path / "live.yaml"
+    config_file.write_text(config)
+    server = start_server(home, config)
+    try:
+        ids = []
+        for tenant, model, words, headers in [
+            ("acme", "echo", "one two three", {}),
+            ("acme", "gpt", "alpha beta gamma delta", {"x-veil-consent": "openai"}),
+            ("acme", "broken", "x", {}),
+            ("globex", "gpt", "a b c d e f g", {"x-veil-consent": "openai"}),
+            ("globex", "echo", "seven", {}),
+        ]:
+            key = key_for(server, tenant)
+            r = httpx.post(
+                server.url + "/v1/chat/completions",
+                headers={"authorization": f"Bearer {key}", **headers},
+                json={"model": model, "messages": [{"role": "user", "content": words}]},
+                timeout=30,
+            )
+            assert (r.status_code >= 500) if model == "broken" else (r.status_code == 200), r.text
+            ids.append(r.headers["x-request-id"])
+        engine = db.make_engine(url)
+        try:
+            rows = _wait_for_usage(engine, ids)
+        finally:
+            engine.dispose()
+        today = datetime.now(UTC).date()
+        span = f"{today - timedelta(days=1)}..{today + timedelta(days=1)}"
+
+        usage = httpx.get(
+            server.url + "/admin/usage", params={"by": "tenant", "period": span}, headers=ADMIN
+        ).json()
+        assert usage["currency"] == "EUR"
+        for group in usage["data"]:
+            mine = [r for r in rows if r["tenant"] == group["group"]]
+            assert group["requests"] == len(mine)
+            assert group["errors"] == sum(r["status"] >= 400 for r in mine)
+            assert units(group["billed"]) == sum(r["billed"] for r in mine)
+            assert units(group["cost"]) == sum(r["cost"] for r in mine)
+        assert {g["group"] for g in usage["data"]} == {"acme", "globex"}
+        assert usage["total"]["errors"] >= 1
+        partner_cost = sum(r["cost"] for r in rows if r["tier"] == "partner")
+        assert partner_cost > 0
+
+        azure = httpx.get(
+            server.url + "/admin/statements",
+            params={"party": "azure", "period": span},
+            headers=ADMIN,
+        ).json()
+        share: dict[str, int] = defaultdict(int)
+        for x in azure["lines"]:
+            share[x["kind"]] += units(x["net"])
+        assert share["cost"] == partner_cost  # Azure is owed what it charged…
+        assert units(azure["net"]) == partner_cost + share["share"]  # …less Microsoft's share
+        assert share["share"] < 0
+
+        check = run(home, "ledger", "reconcile", "--period", span, "--config", str(config_file))
+        assert check.returncode == 0, check.stdout + check.stderr
+        assert (
+            f"Checked {sum(1 for r in rows if r['billed'] or r['cost'])} requests in the ledger"
+            in (check.stdout)
+        )
+    finally:
+        server.stop()
+
+
+def _wait_for_usage(engine: Engine, ids: list[str]) -> list[dict[str, Any]]:
+    from sqlalchemy import select
+
+    deadline = time.monotonic() + 15
+    while True:
+        with engine.connect() as conn:
+            found = [
+                dict(r) for r in conn.execute(select(Usage).where(Usage.id.in_(ids))).mappings()
+            ]
+        if len(found) == len(ids) or time.monotonic() > deadline:
+            assert len(found) == len(ids), "the gateway did not write every usage row"
+            return found

@@ -266,7 +266,7 @@ def reconcile(
 def _print_reconciliation(result: reports.Reconciliation, currency: str) -> None:
     scope = f"in {result.period.label}" if result.period else "in the whole ledger"
     out.print(
-        f"Checked {result.requests:,} requests ({result.lines:,} ledger lines) and "
+        f"Checked {result.requests:,} requests in the ledger ({result.lines:,} lines) and "
         f"{result.usage_rows:,} usage rows {scope}; the lines sum to "
         f"{format_amount(result.total)} {currency}.",
         highlight=False,
@@ -274,14 +274,16 @@ def _print_reconciliation(result: reports.Reconciliation, currency: str) -> None
     if result.ok:
         out.print("[green]ok[/green] the ledger balances and matches usage")
         return
-    table = _table("problem", "request", "expected", "actual", "what", numbers=0)
+    table = _table(
+        "problem", "request", "what", f"expected ({currency})", f"actual ({currency})", numbers=2
+    )
     for p in result.problems:
         table.add_row(
             p.kind,
             p.request_id or "-",
+            p.message,
             "-" if p.expected is None else format_amount(p.expected),
             "-" if p.actual is None else format_amount(p.actual),
-            p.message,
         )
     _print(table)
     counts = ", ".join(f"{n:,} {kind}" for kind, n in result.counts.items() if n)

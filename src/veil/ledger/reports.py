@@ -53,8 +53,8 @@ PROBLEM_KINDS: Final = (
 MAX_LISTED = 1000
 
 _SPLIT = 1_000_000
-_MONTH = re.compile(r"(\d{4})-(\d{2})")
-_DAY = re.compile(r"(\d{4})-(\d{2})-(\d{2})")
+_MONTH = re.compile(r"([0-9]{4})-([0-9]{2})")
+_DAY = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})")
 _ACCOUNT = re.compile(r"(?:(?:tenant|party):)?[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 
 
@@ -87,10 +87,17 @@ def parse_period(text: str) -> Period:
         if not 1 <= number <= 12 or year < 1:
             raise _bad_period(text, "no such month")
         start = date(year, number, 1)
-        end = date(year + number // 12, number % 12 + 1, 1) - timedelta(days=1)
+        end = (
+            date(year, number % 12 + 1, 1) - timedelta(days=1)
+            if number < 12
+            else date(year, 12, 31)
+        )
     else:
         start = end = _day(value, text)
-    return Period(value, _midnight(start), _midnight(end) + timedelta(days=1))
+    try:
+        return Period(value, _midnight(start), _midnight(end + timedelta(days=1)))
+    except OverflowError:  # the day after 9999-12-31
+        raise _bad_period(text, "too far ahead") from None
 
 
 def _day(part: str, text: str) -> date:
@@ -459,7 +466,7 @@ def reconcile(engine: Engine, period: Period | None = None) -> Reconciliation:
         )
         report.add(_unbalanced(conn.execute(_unbalanced_query(in_ledger))))
         if report.total:
-            whole = "the ledger's lines do not sum to zero"
+            whole = "all lines together do not sum to zero"
             report.add([Problem("unbalanced_ledger", None, 0, report.total, whole)])
         report.add(_mismatches("charge_mismatch", conn.execute(_charges_query(period))))
         report.add(_mismatches("cost_mismatch", conn.execute(_costs_query(period))))
@@ -483,7 +490,7 @@ def _unbalanced(rows: Iterable[Any]) -> Iterator[Problem]:
     for request_id, hi, lo in rows:
         if total := _join(hi, lo):
             yield Problem(
-                "unbalanced_request", request_id, 0, total, "the request's lines do not sum to zero"
+                "unbalanced_request", request_id, 0, total, "its lines do not sum to zero"
             )
 
 
@@ -531,7 +538,8 @@ def _costs_query(period: Period | None) -> Executable:
 
 
 def _mismatches(kind: str, rows: Iterable[Any]) -> Iterator[Problem]:
-    what = "charged to its tenant" if kind == "charge_mismatch" else "posted as its cost"
+    what = "its tenant's charge lines" if kind == "charge_mismatch" else "its cost lines"
+    column = "billed" if kind == "charge_mismatch" else "cost"
     for request_id, expected, hi, lo in rows:
         actual = _join(hi, lo)
         if actual != int(expected):
@@ -540,7 +548,7 @@ def _mismatches(kind: str, rows: Iterable[Any]) -> Iterator[Problem]:
                 request_id,
                 int(expected),
                 actual,
-                f"the usage row's amount differs from what the ledger has {what}",
+                f"{what} differ from the usage row's {column}",
             )
 
 
@@ -558,5 +566,5 @@ def _orphans_query(in_ledger: list[ColumnElement[bool]]) -> Executable:
 def _orphans(rows: Iterable[Any]) -> Iterator[Problem]:
     for request_id, lines in rows:
         yield Problem(
-            "orphan_entries", request_id, None, None, f"{lines} ledger lines and no usage row"
+            "orphan_entries", request_id, None, None, f"{lines} ledger lines, no usage row"
         )
