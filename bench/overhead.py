@@ -9,7 +9,12 @@ it, then a closed-loop load generator (``_load.py``) calls each, directly and th
 at concurrency 1 and 32, for plain and streamed chat completions. Every piece runs in its
 own process so that none of them shares an event loop or a GIL with another.
 
-Part 2 measures the bundled device model: llama.cpp called directly (``_device.py``), then
+Part 2 measures metering's own cost: the same Veil in front of the same upstream, with
+metering on (prices, a revenue-share contract, rate limits and a budget: a usage row, four
+ledger lines and a journal entry per request) and off (``metering.enabled: false``),
+alternating runs at concurrency 32, medians compared.
+
+Part 3 measures the bundled device model: llama.cpp called directly (``_device.py``), then
 the same streamed request through a second Veil that serves the model as ``device``.
 
 The figures go to stdout as a table; the exit code is 0 when everything could be measured,
@@ -46,6 +51,8 @@ DEVICE_MAX_TOKENS = 128
 MIN_THROUGHPUT_PCT = 25.0
 MAX_ADDED_P50_MS = 1.0
 MIN_DEVICE_PCT = 95.0
+MAX_METERING_COST_PCT = 10.0
+METERING_ROUNDS = 3
 
 _CHAT = {
     "model": "bench-model",
@@ -97,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
                 results["http"] = [row.__dict__ for row in rows]
                 results["http_summary"] = _summary(rows)
                 _print_http(rows, args.duration, load)
+            if args.part in ("all", "metering"):
+                results["metering"] = bench.metering_part(problems)
             if args.part in ("all", "device"):
                 results["device"] = bench.device_part(problems)
     except KeyboardInterrupt:
@@ -117,7 +126,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=5.0, help="seconds measured per row")
     parser.add_argument("--quick", action="store_true", help="shorter rows (2 s)")
     parser.add_argument(
-        "--part", choices=("all", "http", "device"), default="all", help="what to measure"
+        "--part",
+        choices=("all", "http", "metering", "device"),
+        default="all",
+        help="what to measure",
     )
     parser.add_argument("--json", metavar="FILE", help="also write the raw figures here")
     args = parser.parse_args(argv)
@@ -241,7 +253,57 @@ class _Bench:
         figures: dict[str, Any] = json.loads(out)
         return figures
 
-    # ------------------------------------------------------------ part 2: device tier
+    # ------------------------------------------------------------ part 2: metering
+
+    def metering_part(self, problems: list[str]) -> dict[str, Any]:
+        upstream = self._start_upstream()
+        base = (
+            "providers:\n"
+            "  - {name: upstream, type: openai_compatible, tier: private,"
+            f' base_url: "http://127.0.0.1:{upstream.port}/v1"}}\n'
+            "models:\n"
+            "  - {name: bench-model, price: {input: 2.5, output: 10}, cost: {input: 2, output: 8},"
+            " deployments: [{provider: upstream, model: bench-model}]}\n"
+        )
+        on = self.tmp / "metering-on.yaml"
+        on.write_text(
+            base + "contracts:\n"
+            "  - {name: host-share, match: {model: bench-model},"
+            " shares: [{party: host, percent: 12.5, of: revenue}]}\n"
+            "limits:\n"
+            "  tenant: {requests_per_minute: 100000000, tokens_per_minute: 100000000000,"
+            " budget: {amount: 1000000, period: month}}\n"
+        )
+        off = self.tmp / "metering-off.yaml"
+        off.write_text(base + "metering: {enabled: false}\n")
+        servers = {}
+        try:
+            servers["on"] = self._start_veil("metering-on", on)
+            servers["off"] = self._start_veil("metering-off", off)
+        except BenchError as exc:
+            problems.append(f"metering: Veil could not be started: {exc}")
+            return {}
+        runs: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
+        body = BODIES["json"]
+        for _ in range(METERING_ROUNDS):
+            for name in ("off", "on"):
+                server = servers[name]
+                figures = self._load(server, body, 32, watch=[upstream, server])
+                if figures["errors"]:
+                    problems.append(f"metering {name}: {figures['errors']} errors")
+                runs[name].append(figures)
+        for server in (*servers.values(), upstream):
+            self.children.stop(server.proc)
+        summary = _metering_summary(runs)
+        _print_metering(runs, summary, self.duration)
+        if summary["cost_pct"] > MAX_METERING_COST_PCT:
+            problems.append(
+                f"metering costs {summary['cost_pct']:.1f}% of throughput "
+                f"(target <= {MAX_METERING_COST_PCT:g}%)"
+            )
+        return {"runs": runs, "summary": summary}
+
+    # ------------------------------------------------------------ part 3: device tier
 
     def device_part(self, problems: list[str]) -> dict[str, Any]:
         if bundled_model() is None:
@@ -383,6 +445,43 @@ def _print_http(rows: list[Row], duration: float, load: float) -> None:
             )
         # Unlike the ratio, this does not depend on how fast the stand-in upstream is.
         print(f"  Veil CPU per {mode} request at c=32: {cpu_ms:.2f} ms")
+
+
+def _metering_summary(runs: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
+    rps = {k: statistics.median(f["rps"] for f in v) for k, v in runs.items()}
+    cpu = {
+        k: statistics.median(1e3 * f["cpu"][f"metering-{k}"] / f["rps"] for f in v if f["rps"])
+        for k, v in runs.items()
+    }
+    return {
+        "rps_on": rps["on"],
+        "rps_off": rps["off"],
+        "cost_pct": 100 * (1 - rps["on"] / rps["off"]) if rps["off"] else math.nan,
+        "cpu_ms_on": cpu["on"],
+        "cpu_ms_off": cpu["off"],
+        "cpu_cost_pct": 100 * (cpu["on"] / cpu["off"] - 1) if cpu["off"] else math.nan,
+    }
+
+
+def _print_metering(
+    runs: dict[str, list[dict[str, Any]]], summary: dict[str, float], duration: float
+) -> None:
+    print(
+        f"\nMetering on vs off: plain chat at c=32, {METERING_ROUNDS} alternating runs of "
+        f"{duration:g} s each, medians"
+    )
+    for name in ("off", "on"):
+        each = ", ".join(f"{f['rps']:.0f}" for f in runs[name])
+        print(
+            f"  metering {name:<4} {summary['rps_' + name]:>7.0f} req/s  "
+            f"(runs: {each})  Veil CPU {summary['cpu_ms_' + name]:.3f} ms/request"
+        )
+    cost = summary["cost_pct"]
+    print(
+        f"metering costs {cost:.1f}% of throughput (target <= {MAX_METERING_COST_PCT:g}%: "
+        f"{_verdict(cost <= MAX_METERING_COST_PCT)}); "
+        f"Veil CPU per request +{summary['cpu_cost_pct']:.1f}%"
+    )
 
 
 def _summary(rows: list[Row]) -> dict[str, dict[str, float]]:

@@ -143,7 +143,7 @@ def serve(
         err.print(
             f"Veil {veil.__version__}: state in {home}, config {config or '(embedded defaults)'}"
         )
-        gw = Gateway(cfg, home)
+        gw = Gateway(cfg, home, writer="process")
         new_key = gw.keys.setup_admin_key(home)
         if new_key is not None:  # shown before anything else can fail: it is shown only once
             err.print(

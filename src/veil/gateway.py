@@ -21,7 +21,8 @@ from veil.ledger import journal
 from veil.ledger.limits import Limiter, Limits, LocalLimiter, RedisLimiter, Scope
 from veil.ledger.postings import Book, Tariff
 from veil.ledger.tokens import TokenCounter
-from veil.ledger.usage import UsageRecorder, write_records
+from veil.ledger.usage import Sink, ThreadSink, UsageRecorder, write_records
+from veil.ledger.writer import ProcessSink
 from veil.metrics import Metrics
 from veil.pipeline import Pipeline
 from veil.policy import ConsentStore, PolicyEngine
@@ -38,7 +39,10 @@ log = logging.getLogger("veil")
 
 
 class Gateway:
-    def __init__(self, config: Config, home: Path) -> None:
+    def __init__(self, config: Config, home: Path, writer: str = "thread") -> None:
+        """``writer``: where metering is written to the database — ``thread`` (a worker
+        thread; for short-lived gateways) or ``process`` (a writer process; what ``veil
+        serve`` uses, see ``veil.ledger.writer``)."""
         self.config = config
         self.home = home
         self.engine = db.make_engine(config.database.url or default_database_url(home))
@@ -52,13 +56,21 @@ class Gateway:
         self.tariff = Tariff(config)
         self.book = Book(config.contracts)
         self.journal_dir = Path(metering.journal) if metering.journal else home / "journal"
-        self.recorder = UsageRecorder(
-            self.engine,
-            self.book,
-            metering.flush_interval,
-            metering.batch,
-            journal.Journal(self.journal_dir, metering.fsync) if metering.enabled else None,
-        )
+        self.recorder: UsageRecorder | None = None
+        if metering.enabled:
+            sink: Sink
+            if writer == "process":
+                sink = ProcessSink(
+                    self.engine.url.render_as_string(hide_password=False), config.contracts
+                )
+            else:
+                sink = ThreadSink(self.engine, self.book)
+            self.recorder = UsageRecorder(
+                journal.Journal(self.journal_dir, metering.fsync),
+                sink,
+                metering.flush_interval,
+                metering.batch,
+            )
         limits = Limits(config)
         self.limiter: Limiter
         if config.redis is not None:
@@ -94,7 +106,6 @@ class Gateway:
             tariff=self.tariff,
             limiter=self.limiter,
             counter=self.counter,
-            metering=metering.enabled,
         )
         for name, provider in self.providers.items():
             if provider.queue_depth is not None:
@@ -121,12 +132,11 @@ class Gateway:
             await asyncio.to_thread(self.detector.warm)
         if self._counts_tokens():
             await asyncio.to_thread(self.counter.load)
-        if self.config.metering.enabled:
-            await asyncio.to_thread(self.recover)
-            assert self.recorder.journal is not None
-            self.recorder.journal.open()
         await self.limiter.start()
-        await self.recorder.start()
+        if self.recorder is not None:
+            await asyncio.to_thread(self.recover)
+            self.recorder.journal.open()
+            await self.recorder.start()
         self.started = True
 
     def recover(self) -> int:
@@ -172,7 +182,8 @@ class Gateway:
 
     async def close(self) -> None:
         self.started = False
-        await self.recorder.close()
+        if self.recorder is not None:
+            await self.recorder.close()
         await self.limiter.close()
         await asyncio.gather(*(p.close() for p in self.providers.values()), return_exceptions=True)
         self.engine.dispose()

@@ -58,6 +58,10 @@ class RequestContext:
     policy: str | None = None
     #: The limits this request was admitted under (its tokens and cost count against them).
     scopes: list[Scope] = field(default_factory=list)
+    #: The caller's user pseudonym, once worked out (``""``: not yet).
+    user_hash: str | None = ""
+    #: The usage record journaled at dispatch; metering fills it in.
+    record: UsageRecord | None = None
 
 
 def route_headers(route: Route, outbound: Outbound | None = None) -> dict[str, str]:
@@ -115,7 +119,7 @@ class Pipeline:
         router: Router,
         policy: PolicyEngine,
         gate: Gate,
-        recorder: UsageRecorder,
+        recorder: UsageRecorder | None,
         metrics: Metrics,
         salt: str,
         auth_required: bool = True,
@@ -125,7 +129,6 @@ class Pipeline:
         tariff: Tariff | None = None,
         limiter: Limiter | None = None,
         counter: TokenCounter | None = None,
-        metering: bool = True,
     ) -> None:
         self.keys = keys
         self.router = router
@@ -141,7 +144,6 @@ class Pipeline:
         self._tariff = tariff
         self._limiter = limiter if limiter is not None and limiter.limits.active else None
         self._counter = counter
-        self._metering = metering
 
     # ------------------------------------------------------------ authenticate
 
@@ -166,13 +168,18 @@ class Pipeline:
     async def _admit(self, ctx: RequestContext, request: ChatRequest, limiter: Limiter) -> None:
         """Rate limits and budgets of the tenant, the user and the key, before anything else."""
         principal = ctx.principal
-        user = principal.user or request.user
         scopes = limiter.limits.scopes(
-            principal.tenant, pseudonym(self._salt, user), principal.key_id
+            principal.tenant, self._user_hash(ctx, request), principal.key_id
         )
         if scopes:
             await limiter.admit(scopes)
             ctx.scopes = scopes
+
+    def _user_hash(self, ctx: RequestContext, request: ChatRequest | None) -> str | None:
+        if ctx.user_hash == "":
+            user = ctx.principal.user or (request.user if request is not None else None)
+            ctx.user_hash = pseudonym(self._salt, user)
+        return ctx.user_hash
 
     async def _plan(self, ctx: RequestContext, request: ChatRequest) -> Plan:
         preferences: dict[str, str] = {}
@@ -340,14 +347,13 @@ class Pipeline:
         step.outbound = outbound = await self._gate.outbound(
             ctx.principal, request, deployment, clearance
         )
-        if self._metering:
+        if self._recorder is not None:
             # Should the gateway die before this is metered, the journal bills the prompt.
             estimate = Usage(prompt_tokens(outbound.request), 0, "estimated")
-            self._recorder.dispatched(
-                self._usage_record(
-                    ctx, request, route, outbound, estimate, 500, "interrupted", policy, 0.0
-                )
+            ctx.record = self._usage_record(
+                ctx, request, route, outbound, estimate, 500, "interrupted", policy, 0.0
             )
+            self._recorder.dispatched(ctx.record)
         headers = route_headers(route, outbound)
         first = _deadline(deployment.first_token, deployment.total)
         # The connection is opened before the first token: the deployment's connect timeout
@@ -543,13 +549,33 @@ class Pipeline:
         policy: str | None,
         seconds: float | None = None,
     ) -> None:
-        if not self._metering:
+        if self._recorder is None:
             return
         if seconds is None:
             seconds = time.perf_counter() - ctx.started
-        record = self._usage_record(
-            ctx, request, route, outbound, usage, status, code, policy, seconds
-        )
+        record = ctx.record
+        if (
+            record is not None
+            and route is not None
+            and record.provider == route.deployment.provider.name
+            and record.model == route.model.name
+        ):
+            # The record journaled at dispatch (already written out): fill in how it ended.
+            record.prompt_tokens = usage.prompt_tokens
+            record.completion_tokens = usage.completion_tokens
+            record.token_method = usage.method
+            record.latency_ms = round(seconds * 1000, 3)
+            record.status = status
+            record.error_code = code
+            record.attempts = ctx.attempts
+            if self._tariff is not None:
+                record.billed, record.cost = self._tariff.charge(
+                    record.tenant, record.model, usage.prompt_tokens, usage.completion_tokens
+                )
+        else:
+            record = self._usage_record(
+                ctx, request, route, outbound, usage, status, code, policy, seconds
+            )
         self._recorder.record(record)
         if ctx.scopes and self._limiter is not None:
             tokens = usage.prompt_tokens + usage.completion_tokens
@@ -567,7 +593,6 @@ class Pipeline:
         policy: str | None,
         seconds: float,
     ) -> UsageRecord:
-        user = ctx.principal.user or (request.user if request is not None else None)
         provider = route.deployment.provider if route is not None else None
         redactions = outbound.redactions if outbound is not None else {}
         tenant = ctx.principal.tenant
@@ -582,7 +607,7 @@ class Pipeline:
             id=ctx.request_id,
             created_at=datetime.now(UTC),
             tenant=tenant,
-            user_hash=pseudonym(self._salt, user),
+            user_hash=self._user_hash(ctx, request),
             key_id=ctx.principal.key_id,
             tier=provider.tier if provider else None,
             provider=provider.name if provider else None,

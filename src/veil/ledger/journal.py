@@ -61,6 +61,8 @@ class Journal:
         self.directory = directory
         self._always = fsync == "always"
         self._fsync = fsync != "never"
+        #: fsync once per batch (``metering.fsync: interval``).
+        self.fsyncs = fsync == "interval"
         self._prefix = f"{os.getpid()}-{time.time_ns()}"
         self._seq = 0
         self._current: _Segment | None = None
@@ -117,11 +119,20 @@ class Journal:
             with contextlib.suppress(OSError):
                 os.fsync(segment.fd)
 
-    def committed(self) -> None:
-        """Everything in the segments closed so far is in the database: delete them."""
-        closed, self._closed = self._closed, []
-        for segment in closed:
-            _remove(segment)
+    def closed(self) -> list[Path]:
+        """Segments no longer written to, oldest first, not yet in the database."""
+        return [segment.path for segment in self._closed]
+
+    def committed(self, paths: list[Path] | None = None) -> None:
+        """What these closed segments (default: all) hold is in the database: delete them."""
+        done = set(paths) if paths is not None else None
+        keep: list[_Segment] = []
+        for segment in self._closed:
+            if done is None or segment.path in done:
+                _remove(segment)
+            else:
+                keep.append(segment)
+        self._closed = keep
 
     def close(self, flushed: bool) -> None:
         """On a clean shutdown (``flushed``: every metered row was written), delete all."""
@@ -208,6 +219,25 @@ def recover(directory: Path) -> Recovered:
     return Recovered(
         [*metered.values(), *interrupted], len(metered), len(interrupted), skipped, paths, fds
     )
+
+
+def read_segment(path: Path) -> list[UsageRecord]:
+    """The metered (``M``) records of a closed segment, for the writer."""
+    from veil.ledger.usage import UsageRecord
+
+    names = {f.name for f in fields(UsageRecord)}
+    records: list[UsageRecord] = []
+    if not path.exists():  # already written and deleted
+        return records
+    with path.open("rb") as f:
+        for raw in f:
+            if raw[:1] != b"M" or not raw.endswith(b"\n"):
+                continue
+            try:
+                records.append(_decode(raw[1:-1], names))
+            except (orjson.JSONDecodeError, TypeError, ValueError, KeyError):
+                log.warning("journal: skipped an unreadable line in %s", path.name)
+    return records
 
 
 def _lines(fd: int) -> Iterator[tuple[bytes, bytes]]:

@@ -73,6 +73,20 @@ def period_bounds(period: str, now: datetime) -> tuple[datetime, datetime]:
     return start, end
 
 
+class _Periods:
+    """The current day and month, recomputed only when one ends (checked on every request)."""
+
+    def __init__(self) -> None:
+        self._current: dict[str, tuple[datetime, datetime, float]] = {}
+
+    def bounds(self, period: str, now: float) -> tuple[datetime, datetime]:
+        found = self._current.get(period)
+        if found is None or now >= found[2] or now < found[0].timestamp():
+            start, end = period_bounds(period, datetime.fromtimestamp(now, UTC))
+            found = self._current[period] = (start, end, end.timestamp())
+        return found[0], found[1]
+
+
 #: Seeds a budget: (scope, period start, period end) → units billed in that period.
 Spent = Callable[[Scope, datetime, datetime], Awaitable[int]]
 
@@ -91,6 +105,7 @@ class Limits:
             for cfg in (self._global, *self._tenants.values())
             for lim in (cfg.tenant, cfg.user, cfg.key)
         )
+        self._cache: dict[tuple[str, str | None, str | None], list[Scope]] = {}
 
     def _limit(self, tenant: str, kind: str) -> Limit | None:
         own = self._tenants.get(tenant)
@@ -100,6 +115,15 @@ class Limits:
         return limit if limit is not None and limit.any() else None
 
     def scopes(self, tenant: str, user_hash: str | None, key_id: str | None) -> list[Scope]:
+        key = (tenant, user_hash, key_id)
+        found = self._cache.get(key)
+        if found is None:
+            if len(self._cache) >= 100_000:
+                self._cache.clear()
+            found = self._cache[key] = self._scopes(tenant, user_hash, key_id)
+        return found
+
+    def _scopes(self, tenant: str, user_hash: str | None, key_id: str | None) -> list[Scope]:
         found: list[Scope] = []
         for kind, ident, label in (
             ("tenant", tenant, f"tenant {tenant}"),
@@ -145,20 +169,25 @@ class _Window:
 
     buckets: dict[int, int] = field(default_factory=dict)
     total: int = 0
+    #: The oldest second with a bucket (nothing to expire while it is in the window).
+    first: int = 0
 
     def _expire(self, now: int) -> None:
-        if not self.buckets:
-            return
         oldest = now - WINDOW
+        if self.first > oldest or not self.buckets:
+            return
         stale = [s for s in self.buckets if s <= oldest]
         for s in stale:
             self.total -= self.buckets.pop(s)
+        self.first = min(self.buckets, default=now)
 
     def used(self, now: int) -> int:
         self._expire(now)
         return self.total
 
     def add(self, now: int, n: int) -> None:
+        if not self.buckets:
+            self.first = now
         self.buckets[now] = self.buckets.get(now, 0) + n
         self.total += n
 
@@ -182,6 +211,7 @@ class LocalLimiter:
         self._tokens: dict[str, _Window] = {}
         #: (scope ident, period start) → units billed in that period.
         self._budgets: dict[tuple[str, datetime], int] = {}
+        self._periods = _Periods()
 
     async def start(self) -> None:
         pass
@@ -190,20 +220,20 @@ class LocalLimiter:
         pass
 
     async def admit(self, scopes: Sequence[Scope]) -> None:
-        now_dt = datetime.now(UTC)
+        clock = time.time()
         periods: list[tuple[datetime, datetime] | None] = []
         for scope in scopes:
             if scope.limit.budget is None:
                 periods.append(None)
                 continue
-            start, end = period_bounds(scope.limit.budget.period, now_dt)
+            start, end = self._periods.bounds(scope.limit.budget.period, clock)
             periods.append((start, end))
             key = (scope.ident, start)
             if key not in self._budgets:
                 seeded = await self._spent(scope, start, end)
                 self._budgets.setdefault(key, seeded)
         # From here to the end nothing awaits: checking and counting are one step.
-        now = int(time.time())
+        now = int(clock)
         for scope, bounds in zip(scopes, periods, strict=True):
             rpm = scope.limit.requests_per_minute
             if rpm is not None:
@@ -225,13 +255,13 @@ class LocalLimiter:
 
     def used(self, scopes: Sequence[Scope], tokens: int, billed: int) -> None:
         """A request was metered: count its tokens and what it was billed."""
-        now = int(time.time())
-        now_dt = datetime.now(UTC)
+        clock = time.time()
+        now = int(clock)
         for scope in scopes:
             if tokens and scope.limit.tokens_per_minute is not None:
                 self._tokens.setdefault(scope.ident, _Window()).add(now, tokens)
             if billed and scope.limit.budget is not None:
-                start, _ = period_bounds(scope.limit.budget.period, now_dt)
+                start, _ = self._periods.bounds(scope.limit.budget.period, clock)
                 key = (scope.ident, start)
                 if key in self._budgets:  # else it is seeded from the database when next seen
                     self._budgets[key] += billed

@@ -1,11 +1,17 @@
 """Usage rows and their ledger postings, written in batches off the request path.
 
-``record`` appends to the crash journal and to an in-memory list; a background task writes
-what has gathered every ``interval`` seconds (or sooner when ``batch`` rows are waiting) on a
-worker thread: each request's usage row and its ledger lines in one transaction, inserted
-with "on conflict do nothing" so that writing a request twice (a replay of the journal after
-a crash) changes nothing. Shutdown flushes what is left. A row holds metadata only — ids,
-names, counts, timings, amounts.
+``record`` appends the request's usage record to the crash journal — that is all the
+request path does. Every ``interval`` seconds (or sooner when ``batch`` records are waiting)
+the journal's segment is closed and handed to a *sink*, which writes each request's usage
+row and ledger lines in one transaction, inserted with "on conflict do nothing" so that
+writing a request twice (a replay after a crash) changes nothing; then the segment is
+deleted. So the journal is the queue: nothing metered lives only in memory, and a database
+outage only makes the queue longer (on disk).
+
+The sink of ``veil serve`` is a separate writer process (``veil.ledger.writer``): database
+work in a thread of the gateway would contend with the event loop for the interpreter lock,
+which costs far more than the work itself. A record holds metadata only — ids, names,
+counts, timings, amounts.
 """
 
 from __future__ import annotations
@@ -14,16 +20,15 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, fields
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from operator import attrgetter
+from pathlib import Path
+from typing import Any, Protocol
 
-from sqlalchemy import Engine, Table
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import Engine
 
 from veil.ledger.journal import Journal
 from veil.ledger.postings import Book, Posting
-from veil.store.models import LedgerEntry, Usage
 
 log = logging.getLogger("veil.usage")
 
@@ -58,23 +63,30 @@ class UsageRecord:
     cost: int = 0
 
 
-#: Rows kept in memory while the database is unavailable, before new ones are dropped.
-MAX_PENDING = 200_000
 _COLUMNS = tuple(f.name for f in fields(UsageRecord))
+_values = attrgetter(*_COLUMNS)
+_CREATED = _COLUMNS.index("created_at")
+_LEDGER_COLUMNS = (
+    "request_id",
+    "line",
+    "at",
+    "account",
+    "amount",
+    "kind",
+    "counterparty",
+    "contract",
+    "tenant",
+    "model",
+)
 
 
 def _row(record: UsageRecord) -> dict[str, object]:
-    # Not dataclasses.asdict: it deep-copies every value, and this runs for every request.
-    return {name: getattr(record, name) for name in _COLUMNS}
+    # Not dataclasses.asdict: it deep-copies every value.
+    return dict(zip(_COLUMNS, _values(record), strict=True))
 
 
-def _insert_ignore(engine: Engine, table: Table) -> Any:
-    """``INSERT … ON CONFLICT DO NOTHING`` in the engine's dialect."""
-    dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
-    return dialect.insert(table).on_conflict_do_nothing()
-
-
-def ledger_rows(book: Book, record: UsageRecord) -> list[dict[str, object]]:
+def ledger_rows(book: Book, record: UsageRecord) -> list[tuple[Any, ...]]:
+    """The record's ledger lines as rows in ``_LEDGER_COLUMNS`` order (none if free)."""
     if not record.billed and not record.cost:
         return []
     lines = book.post(
@@ -88,75 +100,125 @@ def ledger_rows(book: Book, record: UsageRecord) -> list[dict[str, object]]:
             record.cost,
         )
     )
+    at, tenant, model, rid = record.created_at, record.tenant, record.model, record.id
     return [
-        {
-            "request_id": record.id,
-            "line": n,
-            "at": record.created_at,
-            "account": line.account,
-            "amount": line.amount,
-            "kind": line.kind,
-            "counterparty": line.counterparty,
-            "contract": line.contract,
-            "tenant": record.tenant,
-            "model": record.model,
-        }
+        (
+            rid,
+            n,
+            at,
+            line.account,
+            line.amount,
+            line.kind,
+            line.counterparty,
+            line.contract,
+            tenant,
+            model,
+        )
         for n, line in enumerate(lines, 1)
     ]
 
 
+def _statement(engine: Engine, table: str, columns: tuple[str, ...]) -> str:
+    """``INSERT … ON CONFLICT DO NOTHING`` in the driver's own parameter style: rows go to
+    the driver's ``executemany`` as tuples, without SQLAlchemy's per-row processing (this
+    runs for every request at full load)."""
+    mark = "?" if engine.dialect.paramstyle == "qmark" else "%s"
+    names = ", ".join(f'"{c}"' for c in columns)
+    marks = ", ".join([mark] * len(columns))
+    return f"INSERT INTO {table} ({names}) VALUES ({marks}) ON CONFLICT DO NOTHING"  # noqa: S608 - names are ours
+
+
+def _sqlite_time(moment: datetime) -> str:
+    # What SQLAlchemy's DateTime stores on SQLite: UTC, without the zone, always with
+    # microseconds (so that the text sorts as the time does).
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
 def write_records(engine: Engine, book: Book, rows: list[UsageRecord]) -> None:
     """Usage rows and ledger lines in one transaction; rows already there are left alone."""
-    usage_table = Usage.__table__
-    ledger_table = LedgerEntry.__table__
-    assert isinstance(usage_table, Table)
-    assert isinstance(ledger_table, Table)
+    usage = [_values(r) for r in rows]
     lines = [line for r in rows for line in ledger_rows(book, r)]
+    if engine.dialect.name == "sqlite":
+        usage = [(*u[:_CREATED], _sqlite_time(u[_CREATED]), *u[_CREATED + 1 :]) for u in usage]
+        lines = [(*x[:2], _sqlite_time(x[2]), *x[3:]) for x in lines]
     with engine.begin() as conn:
-        conn.execute(_insert_ignore(engine, usage_table), [_row(r) for r in rows])
+        conn.exec_driver_sql(_statement(engine, "usage", _COLUMNS), usage)
         if lines:
-            conn.execute(_insert_ignore(engine, ledger_table), lines)
+            conn.exec_driver_sql(_statement(engine, "ledger_entries", _LEDGER_COLUMNS), lines)
+
+
+def segment_records(path: Path) -> list[UsageRecord]:
+    """The metered records (``M`` lines) of one journal segment."""
+    from veil.ledger.journal import read_segment
+
+    return read_segment(path)
+
+
+class Sink(Protocol):
+    """Writes closed journal segments to the database (in a thread, or a writer process)."""
+
+    async def start(self) -> None: ...
+
+    async def post(self, paths: list[Path]) -> None:
+        """Write every metered record of these segments, or raise."""
+
+    async def close(self) -> None: ...
+
+
+class ThreadSink:
+    """Writes from a worker thread of this process: for short-lived gateways (the CLI)."""
+
+    def __init__(self, engine: Engine, book: Book) -> None:
+        self._engine = engine
+        self._book = book
+
+    async def start(self) -> None:
+        pass
+
+    async def post(self, paths: list[Path]) -> None:
+        await asyncio.to_thread(self._write, paths)
+
+    def _write(self, paths: list[Path]) -> None:
+        records = [r for path in paths for r in segment_records(path)]
+        if records:
+            write_records(self._engine, self._book, records)
+
+    async def close(self) -> None:
+        pass
 
 
 class UsageRecorder:
+    """Meters into the journal; every ``interval`` seconds (or after ``batch`` records) the
+    segment is closed and handed to the sink, and deleted once the sink has written it."""
+
     def __init__(
         self,
-        engine: Engine,
-        book: Book | None = None,
+        journal: Journal,
+        sink: Sink,
         interval: float = 0.2,
         batch: int = 1024,
-        journal: Journal | None = None,
     ) -> None:
-        self._engine = engine
-        self._book = book or Book(())
+        self.journal = journal
+        self._sink = sink
         self._interval = interval
         self._batch = batch
-        self.journal = journal
-        self._pending: list[UsageRecord] = []
+        self._metered = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self.written = 0
-        self.dropped = 0
+        self._failures = 0
 
     def record(self, row: UsageRecord) -> None:
-        if len(self._pending) >= MAX_PENDING:
-            # The database has been failing for a long while: keep memory bounded, say so.
-            self.dropped += 1
-            if self.dropped % 1000 == 1:
-                log.error("usage writer is %d rows behind; dropped %d", MAX_PENDING, self.dropped)
-            return
-        if self.journal is not None:
-            self.journal.metered(row)
-        self._pending.append(row)
-        if len(self._pending) >= self._batch:
+        self.journal.metered(row)
+        self._metered += 1
+        if self._metered >= self._batch:
             self._wake.set()
 
     def dispatched(self, row: UsageRecord) -> None:
         """Journal what to bill should the process die before ``record`` (see journal)."""
-        if self.journal is not None:
-            self.journal.dispatched(row)
+        self.journal.dispatched(row)
 
     async def start(self) -> None:
+        await self._sink.start()
         self._task = asyncio.create_task(self._run(), name="veil-usage-writer")
 
     async def close(self) -> None:
@@ -165,32 +227,36 @@ class UsageRecorder:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        await self.flush()
-        if self.journal is not None:
-            self.journal.close(flushed=not self._pending)
+        flushed = await self.flush()
+        await self._sink.close()
+        self.journal.close(flushed=flushed)
 
-    async def flush(self) -> None:
-        if not self._pending:
-            return
-        rows, self._pending = self._pending, []
-        if self.journal is not None:
+    async def flush(self) -> bool:
+        """Hand what was metered to the sink; True when everything is in the database."""
+        if self._metered:
+            self._metered = 0
             self.journal.rotate()
+        paths = self.journal.closed()
+        if not paths:
+            return True
         try:
-            await asyncio.to_thread(self._write, rows)
-        except SQLAlchemyError as exc:
-            # Keep the rows and try again on the next tick (the journal keeps them too);
-            # say what failed, not what was in it.
-            log.error("writing %d usage rows failed: %s", len(rows), type(exc).__name__)
-            self._pending[:0] = rows
-            return
-        if self.journal is not None:
-            self.journal.committed()
-
-    def _write(self, rows: list[UsageRecord]) -> None:
-        write_records(self._engine, self._book, rows)
-        self.written += len(rows)
-        if self.journal is not None:
-            self.journal.sync()
+            await self._sink.post(paths)
+            if self.journal.fsyncs:
+                await asyncio.to_thread(self.journal.sync)
+        except Exception as exc:
+            # The segments stay in the journal and are handed over again on the next tick.
+            # Say what failed, never what was in it.
+            self._failures += 1
+            if self._failures % 50 == 1:
+                log.error(
+                    "writing usage to the database failed (%s); %d journal segments waiting",
+                    type(exc).__name__,
+                    len(paths),
+                )
+            return False
+        self._failures = 0
+        self.journal.committed(paths)
+        return True
 
     async def _run(self) -> None:
         while True:

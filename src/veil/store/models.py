@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, DateTime, Float, Index, Integer, String
+from sqlalchemy import BigInteger, Boolean, DateTime, Float, Integer, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -73,8 +73,6 @@ class Usage(Base):
     billed: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     cost: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
-    __table_args__ = (Index("ix_usage_tenant_created", "tenant", "created_at"),)
-
 
 class LedgerEntry(Base):
     """One line of a request's double-entry posting. A request's lines sum to zero.
@@ -103,7 +101,7 @@ class LedgerEntry(Base):
     tenant: Mapped[str] = mapped_column(String(128))
     model: Mapped[str | None] = mapped_column(String(256), nullable=True)
 
-    __table_args__ = (Index("ix_ledger_account_at", "account", "at"), Index("ix_ledger_at", "at"))
+    __table_args__ = {"sqlite_with_rowid": False}  # noqa: RUF012 - read by SQLAlchemy once
 
 
 class Consent(Base):
