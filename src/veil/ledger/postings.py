@@ -121,8 +121,18 @@ class Book:
 
     def __init__(self, contracts: Iterable[ContractConfig]) -> None:
         self._contracts = tuple(contracts)
+        self._matching: dict[tuple[str | None, ...], list[ContractConfig]] = {}
 
     def matching(self, p: Posting) -> list[ContractConfig]:
+        key = (p.tenant, p.model, p.tier, p.partner, p.cloud)
+        found = self._matching.get(key)
+        if found is None:
+            if len(self._matching) > 100_000:
+                self._matching.clear()
+            found = self._matching[key] = self._match(p)
+        return found
+
+    def _match(self, p: Posting) -> list[ContractConfig]:
         return [
             c
             for c in self._contracts

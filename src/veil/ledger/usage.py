@@ -139,8 +139,10 @@ def write_records(engine: Engine, book: Book, rows: list[UsageRecord]) -> None:
     usage = [_values(r) for r in rows]
     lines = [line for r in rows for line in ledger_rows(book, r)]
     if engine.dialect.name == "sqlite":
-        usage = [(*u[:_CREATED], _sqlite_time(u[_CREATED]), *u[_CREATED + 1 :]) for u in usage]
-        lines = [(*x[:2], _sqlite_time(x[2]), *x[3:]) for x in lines]
+        # One conversion per request, shared by its usage row and its ledger lines.
+        times = {r.id: _sqlite_time(r.created_at) for r in rows}
+        usage = [(*u[:_CREATED], times[u[0]], *u[_CREATED + 1 :]) for u in usage]
+        lines = [(*x[:2], times[x[0]], *x[3:]) for x in lines]
     with engine.begin() as conn:
         conn.exec_driver_sql(_statement(engine, "usage", _COLUMNS), usage)
         if lines:
@@ -241,8 +243,6 @@ class UsageRecorder:
             return True
         try:
             await self._sink.post(paths)
-            if self.journal.fsyncs:
-                await asyncio.to_thread(self.journal.sync)
         except Exception as exc:
             # The segments stay in the journal and are handed over again on the next tick.
             # Say what failed, never what was in it.
@@ -256,6 +256,8 @@ class UsageRecorder:
             return False
         self._failures = 0
         self.journal.committed(paths)
+        if self.journal.fsyncs:  # what is metered from now on survives a power cut too
+            await asyncio.to_thread(self.journal.sync)
         return True
 
     async def _run(self) -> None:
