@@ -204,3 +204,22 @@ def test_replicas_enforce_one_global_limit_and_post_an_exact_ledger(
     for server in servers:
         assert list((server.home / "journal").iterdir()) == []
     db.engine.dispose()
+
+
+def test_an_unreachable_redis_fails_open_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    from tests.support.upstream import free_port
+
+    limits = Limits(parse_config(LIMITS))
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+
+    async def go() -> int:
+        limiter = RedisLimiter(limits, _spent(0), url, "t3:")
+        try:
+            for _ in range(30):  # more than the limit of 25: nothing can be checked
+                await limiter.admit(limits.scopes("acme", None, None))
+        finally:
+            await limiter.close()
+        return limiter.unavailable
+
+    assert asyncio.run(go()) == 30
+    assert "rate-limit store unreachable" in caplog.text

@@ -112,13 +112,17 @@ class KeyStore:
             self._admin_hash = stored
             return None
         key = KEY_PREFIX + "admin-" + secrets.token_urlsafe(32)
+        # Replicas starting together on a new database race here: the first hash stored
+        # wins, and a replica that lost uses it (the key is in the winner's admin_key file).
+        stored = db.add_meta(self._engine, "admin_key_hash", hash_key(key))
+        self._admin_hash = stored
+        if stored != hash_key(key):
+            return None
         path = home / "admin_key"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(key + "\n")
         os.chmod(path, 0o600)
-        db.set_meta(self._engine, "admin_key_hash", hash_key(key))
-        self._admin_hash = hash_key(key)
         return key
 
     # ---------------------------------------------------------------- verifying

@@ -370,6 +370,8 @@ class RedisLimiter:
         self._tokens: dict[tuple[str, int], int] = {}
         self._money: dict[tuple[str, datetime], tuple[int, datetime]] = {}
         self._task: asyncio.Task[None] | None = None
+        #: Requests admitted unchecked because Redis could not be reached.
+        self.unavailable = 0
 
     def _key(self, what: str, ident: str, extra: str = "") -> str:
         return f"{self._prefix}{what}:{ident}{extra}"
@@ -393,6 +395,22 @@ class RedisLimiter:
         await self._redis.aclose()
 
     async def admit(self, scopes: Sequence[Scope]) -> None:
+        """Check and count in Redis. If Redis cannot be reached the request is let through
+        (fail open: a limit store outage must not take the gateway down) and it is logged."""
+        from redis.exceptions import RedisError
+
+        try:
+            await self._admit_in_redis(scopes)
+        except RedisError as exc:
+            self.unavailable += 1
+            if self.unavailable % 1000 == 1:
+                log.error(
+                    "rate-limit store unreachable (%s): admitting without limits (%d so far)",
+                    type(exc).__name__,
+                    self.unavailable,
+                )
+
+    async def _admit_in_redis(self, scopes: Sequence[Scope]) -> None:
         now_dt = datetime.now(UTC)
         keys: list[str] = []
         args: list[Any] = [int(time.time()), len(scopes)]

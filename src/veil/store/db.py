@@ -90,6 +90,20 @@ def set_meta(engine: Engine, key: str, value: str) -> None:
         s.merge(Meta(key=key, value=value))
 
 
+def add_meta(engine: Engine, key: str, value: str) -> str:
+    """Store ``value`` under ``key`` unless a value is there already; return what is
+    stored (another process may have been first)."""
+    try:
+        with Session(engine) as s, s.begin():
+            if s.get(Meta, key) is None:
+                s.add(Meta(key=key, value=value))
+    except IntegrityError:
+        pass  # another process inserted it between our read and our write
+    stored = get_meta(engine, key)
+    assert stored is not None
+    return stored
+
+
 def install_salt(engine: Engine) -> str:
     """The install's secret salt for user pseudonyms, made on first use."""
     salt = get_meta(engine, "user_salt")
