@@ -367,3 +367,45 @@ def test_period_bounds() -> None:
         datetime(2026, 12, 31, tzinfo=UTC),
         datetime(2027, 1, 1, tzinfo=UTC),
     )
+
+
+def test_segments_stay_in_the_journal_until_the_database_has_them(tmp_path: Path) -> None:
+    """A sink that fails (the database is down) leaves the segments in place; the next
+    flush hands them over again, and only then are they deleted."""
+    from veil.ledger.usage import UsageRecorder, segment_records
+
+    written: list[str] = []
+
+    class FlakySink:
+        fail = True
+
+        async def start(self) -> None:
+            pass
+
+        async def post(self, paths: list[Path]) -> None:
+            if self.fail:
+                raise OSError("database unavailable")
+            written.extend(r.id for p in paths for r in segment_records(p))
+
+        async def close(self) -> None:
+            pass
+
+    sink = FlakySink()
+
+    async def go() -> None:
+        j = journal.Journal(tmp_path)
+        j.open()
+        recorder = UsageRecorder(j, sink, interval=60)
+        recorder.record(_record("a"))
+        assert await recorder.flush() is False
+        recorder.record(_record("b"))
+        assert await recorder.flush() is False
+        assert len(list(tmp_path.iterdir())) == 3  # two closed segments and the live one
+        sink.fail = False
+        assert await recorder.flush() is True
+        assert len(list(tmp_path.iterdir())) == 1
+        await recorder.close()
+
+    asyncio.run(go())
+    assert written == ["a", "b"]
+    assert list(tmp_path.iterdir()) == []

@@ -4,6 +4,7 @@ Retry-After, and nothing lost when the gateway is killed — on SQLite and on Po
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -317,3 +318,37 @@ def test_a_killed_gateway_loses_no_metered_request(
         db.engine.dispose()
     # A clean stop leaves no journal behind, and a third start recovers nothing.
     assert list((home / "journal").iterdir()) == []
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        found += [int(p) for p in text]
+    return found
+
+
+def test_a_dead_writer_process_is_restarted_and_loses_nothing(
+    tmp_path: Path, upstream: Upstream
+) -> None:
+    home = tmp_path / "home"
+    server = start_server(home, config(None, upstream))
+    db = Db(f"sqlite:///{home / 'veil.db'}")
+    try:
+        [writer] = _children(server.process.pid)
+        cmdline = Path(f"/proc/{writer}/cmdline").read_bytes()
+        assert b"veil.ledger.writer" in cmdline
+        os.kill(writer, signal.SIGKILL)
+        ids = []
+        for _ in range(5):
+            r = chat(server, ADMIN_KEY, "echo", "one two")
+            assert r.status_code == 200
+            ids.append(r.headers["x-request-id"])
+        for request_id in ids:
+            assert db.usage(request_id)["billed"] == 2 * (IN + OUT)
+        assert "restarting it" in server.log
+        [again] = _children(server.process.pid)
+        assert again != writer
+    finally:
+        server.stop()
+        db.engine.dispose()
