@@ -12,7 +12,7 @@ own process so that none of them shares an event loop or a GIL with another.
 Part 2 measures metering's own cost: the same Veil in front of the same upstream, with
 metering on (prices, a revenue-share contract, rate limits and a budget: a usage row, four
 ledger lines and a journal entry per request) and off (``metering.enabled: false``),
-alternating runs at concurrency 32, medians compared.
+alternating runs (5 of each) at concurrency 32, medians compared.
 
 Part 3 measures the bundled device model: llama.cpp called directly (``_device.py``), then
 the same streamed request through a second Veil that serves the model as ``device``.
@@ -52,7 +52,7 @@ MIN_THROUGHPUT_PCT = 25.0
 MAX_ADDED_P50_MS = 1.0
 MIN_DEVICE_PCT = 95.0
 MAX_METERING_COST_PCT = 10.0
-METERING_ROUNDS = 3
+METERING_ROUNDS = 5
 
 _CHAT = {
     "model": "bench-model",
