@@ -409,3 +409,14 @@ def test_segments_stay_in_the_journal_until_the_database_has_them(tmp_path: Path
     asyncio.run(go())
     assert written == ["a", "b"]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_token_limits_and_budgets_need_metering() -> None:
+    text = (
+        BASE
+        + "metering: {enabled: false}\ntenants: [{name: t, limits: {user: {budget: {amount: 1}}}}]"
+    )
+    with pytest.raises(ConfigError, match=r"tenants\[0\]\.limits\.user.*need metering"):
+        parse_config(text)
+    # A requests-per-minute limit needs no metering.
+    parse_config(BASE + "metering: {enabled: false}\nlimits: {tenant: {requests_per_minute: 5}}")

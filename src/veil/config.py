@@ -630,6 +630,23 @@ def _cross_check(config: Config) -> Iterator[tuple[tuple[Any, ...], str]]:
         for j, s in enumerate(c.shares):
             if s.payer == s.party:
                 yield ("contracts", i, "shares", j, "payer"), "a party cannot pay itself"
+    if not config.metering.enabled:
+        scopes = [("limits", config.limits)] + [
+            (f"tenants[{i}].limits", t.limits) for i, t in enumerate(config.tenants) if t.limits
+        ]
+        for where, limits in scopes:
+            for kind in ("tenant", "user", "key"):
+                limit = getattr(limits, kind)
+                if limit is not None and (limit.tokens_per_minute or limit.budget):
+                    root = tuple(
+                        int(p) if p.isdigit() else p
+                        for p in where.replace("[", ".").replace("]", "").split(".")
+                    )
+                    yield (
+                        (*root, kind),
+                        "tokens_per_minute and budgets count metered tokens and money: "
+                        "they need metering.enabled: true",
+                    )
     if config.server.auth == "none" and not config.server.is_loopback():
         yield (
             ("server", "auth"),
