@@ -420,3 +420,23 @@ def test_token_limits_and_budgets_need_metering() -> None:
         parse_config(text)
     # A requests-per-minute limit needs no metering.
     parse_config(BASE + "metering: {enabled: false}\nlimits: {tenant: {requests_per_minute: 5}}")
+
+
+def test_a_tenant_and_a_key_with_the_same_name_have_their_own_counters() -> None:
+    limits = Limits(
+        parse_config(
+            BASE + "limits: {tenant: {requests_per_minute: 2}, key: {requests_per_minute: 2}}"
+        )
+    )
+    limiter = LocalLimiter(limits, _spent())
+
+    async def go() -> None:
+        await limiter.admit(limits.scopes("same", None, "other-key"))
+        await limiter.admit(limits.scopes("other-tenant", None, "same"))
+        # Each "same" has used one of its two: one more each still passes.
+        await limiter.admit(limits.scopes("same", None, "third-key"))
+        await limiter.admit(limits.scopes("fourth-tenant", None, "same"))
+        with pytest.raises(RateLimited, match="tenant same"):
+            await limiter.admit(limits.scopes("same", None, "fifth-key"))
+
+    asyncio.run(go())

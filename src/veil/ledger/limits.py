@@ -62,6 +62,11 @@ class Scope:
     #: The budget in units (``veil.ledger.money``), if any.
     budget: int | None = None
 
+    @property
+    def key(self) -> str:
+        """Where its counters are kept (a tenant and a key id may share a name)."""
+        return f"{self.kind}:{self.ident}"
+
 
 def period_bounds(period: str, now: datetime) -> tuple[datetime, datetime]:
     """The calendar day or month (UTC) containing ``now``: [start, end)."""
@@ -209,8 +214,8 @@ class LocalLimiter:
         self._spent = spent
         self._requests: dict[str, _Window] = {}
         self._tokens: dict[str, _Window] = {}
-        #: (scope ident, period start) → units billed in that period.
-        self._budgets: dict[tuple[str, datetime], int] = {}
+        #: Scope key → (the current period's start, units billed in it).
+        self._budgets: dict[str, tuple[datetime, int]] = {}
         self._periods = _Periods()
 
     async def start(self) -> None:
@@ -228,30 +233,43 @@ class LocalLimiter:
                 continue
             start, end = self._periods.bounds(scope.limit.budget.period, clock)
             periods.append((start, end))
-            key = (scope.ident, start)
-            if key not in self._budgets:
+            known = self._budgets.get(scope.key)
+            if known is None or known[0] != start:  # first seen, or a new period began
                 seeded = await self._spent(scope, start, end)
-                self._budgets.setdefault(key, seeded)
+                known = self._budgets.get(scope.key)
+                if known is None or known[0] != start:
+                    self._budgets[scope.key] = (start, seeded)
         # From here to the end nothing awaits: checking and counting are one step.
         now = int(clock)
         for scope, bounds in zip(scopes, periods, strict=True):
             rpm = scope.limit.requests_per_minute
             if rpm is not None:
-                window = self._requests.setdefault(scope.ident, _Window())
+                window = self._window(self._requests, scope.key)
                 if window.used(now) + 1 > rpm:
                     raise _rate_error(scope, "requests", rpm, window.wait(now, rpm - 1))
             tpm = scope.limit.tokens_per_minute
             if tpm is not None:
-                window = self._tokens.setdefault(scope.ident, _Window())
+                window = self._window(self._tokens, scope.key)
                 if window.used(now) >= tpm:
                     raise _rate_error(scope, "tokens", tpm, window.wait(now, tpm - 1))
             if bounds is not None and scope.budget is not None:
-                spent = self._budgets[(scope.ident, bounds[0])]
+                spent = self._budgets[scope.key][1]
                 if spent >= scope.budget:
                     raise _budget_error(scope, self.limits.currency, spent, bounds[1])
         for scope in scopes:
             if scope.limit.requests_per_minute is not None:
-                self._requests[scope.ident].add(now, 1)
+                self._requests[scope.key].add(now, 1)
+
+    @staticmethod
+    def _window(windows: dict[str, _Window], key: str) -> _Window:
+        window = windows.get(key)
+        if window is None:
+            if len(windows) >= 50_000:  # forget callers idle for a minute
+                now = int(time.time())
+                for idle in [k for k, w in windows.items() if not w.used(now)]:
+                    del windows[idle]
+            window = windows[key] = _Window()
+        return window
 
     def used(self, scopes: Sequence[Scope], tokens: int, billed: int) -> None:
         """A request was metered: count its tokens and what it was billed."""
@@ -259,12 +277,13 @@ class LocalLimiter:
         now = int(clock)
         for scope in scopes:
             if tokens and scope.limit.tokens_per_minute is not None:
-                self._tokens.setdefault(scope.ident, _Window()).add(now, tokens)
+                self._window(self._tokens, scope.key).add(now, tokens)
             if billed and scope.limit.budget is not None:
                 start, _ = self._periods.bounds(scope.limit.budget.period, clock)
-                key = (scope.ident, start)
-                if key in self._budgets:  # else it is seeded from the database when next seen
-                    self._budgets[key] += billed
+                known = self._budgets.get(scope.key)
+                # Not seeded for this period yet: the database will have it when it is.
+                if known is not None and known[0] == start:
+                    self._budgets[scope.key] = (start, known[1] + billed)
 
 
 # ------------------------------------------------------------------ shared in Redis
@@ -378,7 +397,7 @@ class RedisLimiter:
 
     def _budget_key(self, scope: Scope, start: datetime) -> str:
         assert scope.limit.budget is not None
-        return self._key("spent", scope.ident, f":{scope.limit.budget.period}:{start:%Y-%m-%d}")
+        return self._key("spent", scope.key, f":{scope.limit.budget.period}:{start:%Y-%m-%d}")
 
     async def start(self) -> None:
         await self._redis.ping()  # type: ignore[misc]
@@ -423,8 +442,8 @@ class RedisLimiter:
                 budget = _scaled(scope.budget)
             ends.append(bounds)
             keys += [
-                self._key("req", scope.ident),
-                self._key("tok", scope.ident),
+                self._key("req", scope.key),
+                self._key("tok", scope.key),
                 self._budget_key(scope, bounds[0]) if bounds else self._key("none", ""),
             ]
             args += [
@@ -469,7 +488,7 @@ class RedisLimiter:
         now_dt = datetime.now(UTC)
         for scope in scopes:
             if tokens and scope.limit.tokens_per_minute is not None:
-                key = (self._key("tok", scope.ident), now)
+                key = (self._key("tok", scope.key), now)
                 self._tokens[key] = self._tokens.get(key, 0) + tokens
             if billed and scope.limit.budget is not None:
                 start, _ = period_bounds(scope.limit.budget.period, now_dt)
