@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -141,7 +142,7 @@ contracts:
     match: {tenant: [acme, beta], tier: partner}
     shares: [{party: reseller-co, percent: 12.5, of: revenue}]
   - name: never
-    match: {cloud: gcp}
+    match: {cloud: azure, tenant: nobody}
     shares: [{party: nobody, percent: 50, of: revenue}]
 """
 
@@ -180,6 +181,33 @@ def test_private_traffic_has_no_partner_cost_line() -> None:
         ("tenant:acme", 5),
         ("platform", -5),
     ]
+
+
+def test_contracts_must_name_partners_clouds_and_models_of_the_config() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(
+            BASE + "contracts: [{name: c, match: {partner: OpenAI, model: [gpt, gtp]},"
+            " shares: [{party: a, percent: 1, of: cost}]}]"
+        )
+    keys = {p.key: p.message for p in err.value.problems}
+    assert "no partner named 'OpenAI'" in keys["contracts[0].match.partner"]
+    assert "case-sensitive" in keys["contracts[0].match.partner"]
+    assert "no model named 'gtp'" in keys["contracts[0].match.model[1]"]
+    assert "contracts[0].match.model[0]" not in keys
+
+
+def test_a_tenant_price_may_name_a_model_by_its_alias() -> None:
+    text = BASE.replace("  - name: small\n", "  - name: small\n    aliases: [tiny]\n")
+    config = parse_config(
+        text + "tenants: [{name: vip, prices: {tiny: {input: 0.1, output: 0.2}}}]"
+    )
+    # Usage rows record the model's name; the alias's price applies to it.
+    assert Tariff(config).charge("vip", "small", 1000, 500) == (200_000_000, 300_000_000)
+
+
+def test_a_zero_budget_is_refused() -> None:
+    with pytest.raises(ConfigError, match="greater than 0"):
+        parse_config(BASE + "limits: {tenant: {budget: {amount: 0}}}")
 
 
 def test_a_party_cannot_pay_itself() -> None:
@@ -245,7 +273,7 @@ def test_committed_segments_are_deleted_and_a_torn_line_is_skipped(tmp_path: Pat
     j.committed()  # a is in the database
     j.metered(_record("b"))
     j.close(flushed=False)
-    [segment] = tmp_path.iterdir()
+    [segment] = tmp_path.glob("*.journal")
     with segment.open("ab") as f:
         f.write(b'M{"id": "torn", "tena')  # the crash cut this line short
     found = journal.recover(tmp_path)
@@ -259,17 +287,38 @@ def test_segments_are_private_to_their_owner(tmp_path: Path) -> None:
     j = journal.Journal(tmp_path / "journal")
     j.open()
     j.metered(_record("a"))
-    [segment] = (tmp_path / "journal").iterdir()
+    files = sorted((tmp_path / "journal").iterdir())
+    [lock] = [f for f in files if f.suffix == ".lock"]
+    [segment] = [f for f in files if f.suffix == ".journal"]
     assert (tmp_path / "journal").stat().st_mode & 0o777 == 0o700
     assert segment.stat().st_mode & 0o777 == 0o600
-    fd = os.open(segment, os.O_RDONLY)
+    # The living process holds its lock: another one can neither take it nor replay it.
+    fd = os.open(lock, os.O_RDONLY)
     try:
         with pytest.raises(BlockingIOError):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     finally:
         os.close(fd)
+    assert journal.recover(tmp_path / "journal").records == []
     j.close(flushed=True)
     assert list((tmp_path / "journal").iterdir()) == []
+
+
+def test_a_long_outage_keeps_one_file_open_not_one_per_segment(tmp_path: Path) -> None:
+    j = journal.Journal(tmp_path)
+    j.open()
+    before = len(os.listdir("/proc/self/fd"))
+    for i in range(300):
+        j.metered(_record(f"r{i}"))
+        j.rotate()
+        j.sync()  # what each failed flush does
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert len(j.closed()) == 300
+    j.close(flushed=False)
+    found = journal.recover(tmp_path)
+    assert len(found.records) == 300
+    found.release()
+    assert os.listdir(tmp_path) == []
 
 
 # ---------------------------------------------------------------- limiter
@@ -400,10 +449,11 @@ def test_segments_stay_in_the_journal_until_the_database_has_them(tmp_path: Path
         assert await recorder.flush() is False
         recorder.record(_record("b"))
         assert await recorder.flush() is False
-        assert len(os.listdir(tmp_path)) == 3  # two closed segments and the live one
+        # Two closed segments and the live one (and the process's lock file).
+        assert len(os.listdir(tmp_path)) == 4
         sink.fail = False
         assert await recorder.flush() is True
-        assert len(os.listdir(tmp_path)) == 1
+        assert len(os.listdir(tmp_path)) == 2
         await recorder.close()
 
     asyncio.run(go())
@@ -440,3 +490,30 @@ def test_a_tenant_and_a_key_with_the_same_name_have_their_own_counters() -> None
             await limiter.admit(limits.scopes("same", None, "fifth-key"))
 
     asyncio.run(go())
+
+
+def test_a_replay_posts_nothing_twice_even_after_the_contracts_changed(tmp_path: Path) -> None:
+    from veil.ledger.usage import write_records
+    from veil.store import db
+
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'v.db'}")
+    db.migrate(engine)
+    first = Book(())
+    later = Book(parse_config(BASE + CONTRACTS).contracts)
+
+    def partner(request_id: str) -> UsageRecord:
+        return replace(_record(request_id), tier="partner", partner="openai", cloud="azure", cost=4)
+
+    records = [partner("a"), partner("b"), partner("a")]  # "a" twice in one batch too
+    write_records(engine, first, records)
+    # A replay of "a" under new contracts, then a new request "c" under them.
+    write_records(engine, later, [partner("a"), partner("c")])
+    with engine.connect() as conn:
+        lines = conn.exec_driver_sql(
+            "SELECT request_id, COUNT(*), SUM(amount) FROM ledger_entries GROUP BY request_id"
+        ).all()
+        usage = conn.exec_driver_sql("SELECT COUNT(*) FROM usage").scalar()
+    assert usage == 3
+    # a and b: charge and cost; c also the azure and reseller shares.
+    assert sorted(lines) == [("a", 4, 0), ("b", 4, 0), ("c", 8, 0)]
+    engine.dispose()

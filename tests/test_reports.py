@@ -36,7 +36,10 @@ from veil.store.models import LedgerEntry, Usage
 
 # Six-decimal prices make odd per-token amounts; odd percentages make shares that round.
 CONFIG = """
-providers: [{name: fake, type: fake}]
+providers:
+  - {name: fake, type: fake}
+  - {name: azure-east, type: fake, tier: partner, partner: openai, cloud: azure}
+  - {name: claude-api, type: fake, tier: partner, partner: anthropic, cloud: anthropic}
 models:
   - name: gpt-4o-mini
     deployments: [{provider: fake, model: echo}]

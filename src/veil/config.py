@@ -97,8 +97,9 @@ class ServerConfig(_Strict):
 
 
 class DatabaseConfig(_Strict):
-    #: SQLAlchemy URL; default ``sqlite:///$VEIL_HOME/veil.db``.
-    url: str | None = None
+    #: SQLAlchemy URL; default ``sqlite:///$VEIL_HOME/veil.db``. May be ``env:VAR`` (a
+    #: PostgreSQL URL holds a password).
+    url: Annotated[str | None, BeforeValidator(_resolve_secret)] = None
 
 
 class Timeouts(_Strict):
@@ -115,8 +116,8 @@ class ProviderIdentity(_Strict):
 
     name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
     tier: Tier = "device"
-    partner: str | None = Field(None, max_length=64)
-    cloud: str | None = Field(None, max_length=64)
+    partner: str | None = Field(None, max_length=64, pattern=PARTY_PATTERN)
+    cloud: str | None = Field(None, max_length=64, pattern=PARTY_PATTERN)
     region: str | None = None
 
 
@@ -305,7 +306,7 @@ class TenantRoutingConfig(_Strict):
 class Budget(_Strict):
     """Money that may be spent (at the billed price) per calendar period, in UTC."""
 
-    amount: MoneyValue
+    amount: MoneyValue = Field(gt=0)
     period: Literal["day", "month"] = "month"
 
 
@@ -441,12 +442,12 @@ class ContractShare(_Strict):
     """``percent`` of the request's revenue (what the tenant paid) or cost (what the
     upstream charged), paid by ``payer`` to ``party``."""
 
-    party: str = Field(max_length=150, pattern=PARTY_PATTERN)
+    party: str = Field(max_length=128, pattern=PARTY_PATTERN)
     percent: Percent = Field(gt=0, le=100)
     of: Literal["revenue", "cost"]
     #: ``platform`` (the operator running Veil) or a party's name, e.g. the partner whose
     #: revenue is shared.
-    payer: str = Field("platform", max_length=150, pattern=PARTY_PATTERN)
+    payer: str = Field("platform", max_length=128, pattern=PARTY_PATTERN)
 
 
 class ContractConfig(_Strict):
@@ -623,10 +624,24 @@ def _cross_check(config: Config) -> Iterator[tuple[tuple[Any, ...], str]]:
             if model not in names:
                 yield ("tenants", i, "prices", model), f"no model named {model!r}"
     contracts: set[str] = set()
+    known = {
+        "partner": {p.partner for p in config.providers if p.partner},
+        "cloud": {p.cloud for p in config.providers if p.cloud},
+        "model": names,
+    }
     for i, c in enumerate(config.contracts):
         if c.name in contracts:
             yield ("contracts", i, "name"), f"contract name {c.name!r} is used twice"
         contracts.add(c.name)
+        for key, values in known.items():
+            wanted = getattr(c.match, key)
+            for j, value in enumerate([wanted] if isinstance(wanted, str) else wanted or []):
+                if value not in values:
+                    at: tuple[Any, ...] = ("contracts", i, "match", key)
+                    yield (
+                        (at if isinstance(wanted, str) else (*at, j)),
+                        f"no {key} named {value!r} in this config (names are case-sensitive)",
+                    )
         for j, s in enumerate(c.shares):
             if s.payer == s.party:
                 yield ("contracts", i, "shares", j, "payer"), "a party cannot pay itself"

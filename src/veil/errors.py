@@ -118,6 +118,13 @@ class RateLimited(VeilError):
     code = "rate_limit_exceeded"
 
 
+class BudgetExceeded(RateLimited):
+    """A tenant's, user's or key's budget for the period is spent (429)."""
+
+    type = "insufficient_quota"
+    code = "budget_exceeded"
+
+
 class QueueFull(RateLimited):
     code = "queue_full"
 

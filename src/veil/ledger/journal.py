@@ -15,10 +15,11 @@ Each line is metadata only — a usage record, never prompt or completion text:
 
 Lines go to the current *segment* file. Each batch write rotates the segment; once the
 batch is committed, the old segment is deleted (dispatched-but-unmetered requests are
-copied into the new segment first). A process holds an ``flock`` on every segment it has
-not deleted yet, so a replica sharing the directory never replays a live one's segments.
+copied into the new segment first). A process holds an ``flock`` on its ``.lock`` file for
+as long as it lives, so a replica sharing the directory never replays a live one's
+segments.
 
-On start, ``recover`` reads every unlocked segment: the ``M`` record of each request, else
+On start, ``recover`` reads the segments of every process whose lock is free: the ``M`` record of each request, else
 its last ``D`` record, and the caller posts them — idempotently, since a batch may have been
 committed just before the crash.
 """
@@ -44,12 +45,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("veil.journal")
 
 SUFFIX = ".journal"
-
-
-@dataclass(slots=True)
-class _Segment:
-    path: Path
-    fd: int
+LOCK = ".lock"
 
 
 def _encode(kind: bytes, record: UsageRecord) -> bytes:
@@ -57,37 +53,45 @@ def _encode(kind: bytes, record: UsageRecord) -> bytes:
 
 
 class Journal:
+    """One process's journal: ``<prefix>.lock`` (held with ``flock`` while the process
+    lives) and its segments ``<prefix>-<n>.journal``. Only the segment being written is
+    open, so a long database outage costs disk space, not file descriptors."""
+
     def __init__(self, directory: Path, fsync: str = "interval") -> None:
         self.directory = directory
         self._always = fsync == "always"
-        self._fsync = fsync != "never"
         #: fsync once per batch (``metering.fsync: interval``).
         self.fsyncs = fsync == "interval"
         self._prefix = f"{os.getpid()}-{time.time_ns()}"
         self._seq = 0
-        self._current: _Segment | None = None
-        self._closed: list[_Segment] = []
+        self._lock: int | None = None
+        self._fd: int | None = None
+        self._path: Path | None = None
+        #: Closed segments not yet in the database, oldest first.
+        self._closed: list[Path] = []
+        #: Descriptors of closed segments, fsynced and closed by ``sync``.
+        self._to_sync: list[int] = []
         #: Dispatched requests not metered yet: their last ``D`` line.
         self._open: dict[str, bytes] = {}
 
     def open(self) -> None:
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._current = self._new_segment()
+        lock = self.directory / f"{self._prefix}{LOCK}"
+        self._lock = os.open(lock, os.O_WRONLY | os.O_CREAT, 0o600)
+        fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._new_segment()
 
-    def _new_segment(self) -> _Segment:
+    def _new_segment(self) -> None:
         self._seq += 1
-        path = self.directory / f"{self._prefix}-{self._seq:06d}{SUFFIX}"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return _Segment(path, fd)
+        self._path = self.directory / f"{self._prefix}-{self._seq:06d}{SUFFIX}"
+        self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 
     def _append(self, line: bytes) -> None:
-        segment = self._current
-        if segment is None:
+        if self._fd is None:
             return
-        os.write(segment.fd, line)
+        os.write(self._fd, line)
         if self._always:
-            os.fsync(segment.fd)
+            os.fsync(self._fd)
 
     def dispatched(self, record: UsageRecord) -> None:
         """The request is about to reach an upstream; ``record`` is what to bill if the
@@ -103,105 +107,140 @@ class Journal:
     def rotate(self) -> None:
         """Start a new segment; what is in the old one is about to be written. Requests
         still in flight are carried into the new segment."""
-        old = self._current
-        if old is None:
+        if self._fd is None or self._path is None:
             return
-        self._current = self._new_segment()
+        old_fd, old_path = self._fd, self._path
+        self._new_segment()
         if self._open:
             self._append(b"".join(self._open.values()))
-        self._closed.append(old)
+        self._closed.append(old_path)
+        if self.fsyncs:
+            self._to_sync.append(old_fd)
+        else:
+            os.close(old_fd)
 
     def sync(self) -> None:
-        """fsync the segments (a worker thread calls this once per batch)."""
-        if not self._fsync:
-            return
-        for segment in [*self._closed, *([self._current] if self._current else [])]:
+        """fsync the closed segments and the live one (a worker thread, once per batch)."""
+        to_sync, self._to_sync = self._to_sync, []
+        for fd in to_sync:
             with contextlib.suppress(OSError):
-                os.fsync(segment.fd)
+                os.fsync(fd)
+            os.close(fd)
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.fsync(self._fd)
 
     def closed(self) -> list[Path]:
         """Segments no longer written to, oldest first, not yet in the database."""
-        return [segment.path for segment in self._closed]
+        return list(self._closed)
 
     def committed(self, paths: list[Path] | None = None) -> None:
         """What these closed segments (default: all) hold is in the database: delete them."""
-        done = set(paths) if paths is not None else None
-        keep: list[_Segment] = []
-        for segment in self._closed:
-            if done is None or segment.path in done:
-                _remove(segment)
-            else:
-                keep.append(segment)
-        self._closed = keep
+        done = set(paths) if paths is not None else set(self._closed)
+        for path in done:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        self._closed = [p for p in self._closed if p not in done]
 
     def close(self, flushed: bool) -> None:
-        """On a clean shutdown (``flushed``: every metered row was written), delete all."""
+        """On a clean shutdown (``flushed``: every metered row was written), delete all;
+        otherwise leave the segments for the next start to recover."""
+        self.sync()
+        if self._fd is not None:
+            os.close(self._fd)
         if flushed and not self._open:
             self.committed()
-            if self._current is not None:
-                _remove(self._current)
-        else:
-            for segment in [*self._closed, *([self._current] if self._current else [])]:
-                os.close(segment.fd)
-            self._closed = []
-        self._current = None
-
-
-def _remove(segment: _Segment) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        segment.path.unlink()
-    os.close(segment.fd)
+            if self._path is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    self._path.unlink()
+            with contextlib.suppress(FileNotFoundError):
+                (self.directory / f"{self._prefix}{LOCK}").unlink()
+        if self._lock is not None:
+            os.close(self._lock)
+        self._fd = self._lock = None
+        self._path = None
 
 
 @dataclass(slots=True)
 class Recovered:
-    """What an earlier process left in the journal."""
+    """What earlier processes left in the journal."""
 
     records: list[UsageRecord]
     metered: int
     interrupted: int
     skipped_lines: int
+    #: Segments and lock files to delete once the records are posted.
     paths: list[Path]
-    _fds: list[int]
+    _locks: list[int]
 
     def release(self) -> None:
         """The records are posted: delete the segments."""
-        for path, fd in zip(self.paths, self._fds, strict=True):
+        for path in self.paths:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-            os.close(fd)
-        self.paths, self._fds = [], []
+        self.abandon()
+        self.paths = []
 
     def abandon(self) -> None:
         """Posting failed: keep the segments for the next start."""
-        for fd in self._fds:
+        for fd in self._locks:
             os.close(fd)
-        self.paths, self._fds = [], []
+        self._locks = []
 
 
-def recover(directory: Path) -> Recovered:
-    """Read the segments no live process holds (the caller posts, then ``release``s)."""
-    from veil.ledger.usage import UsageRecord
-
-    metered: dict[str, UsageRecord] = {}
-    dispatched: dict[str, UsageRecord] = {}
-    paths: list[Path] = []
-    fds: list[int] = []
-    skipped = 0
-    names = {f.name for f in fields(UsageRecord)}
-    for path in sorted(directory.glob(f"*{SUFFIX}")) if directory.is_dir() else []:
+def _dead_prefixes(directory: Path) -> tuple[set[str], list[int], list[Path]]:
+    """Prefixes of processes that are gone (their lock could be taken, and is now held)."""
+    live: set[str] = set()
+    dead: set[str] = set()
+    locks: list[int] = []
+    lock_paths: list[Path] = []
+    for lock in directory.glob(f"*{LOCK}"):
+        prefix = lock.name[: -len(LOCK)]
         try:
-            fd = os.open(path, os.O_RDONLY)
+            fd = os.open(lock, os.O_RDONLY)
         except FileNotFoundError:
             continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:  # a live process's segment
+        except BlockingIOError:
             os.close(fd)
+            live.add(prefix)
+            continue
+        dead.add(prefix)
+        locks.append(fd)
+        lock_paths.append(lock)
+    # A segment whose process left no lock file at all is an orphan: recover it too.
+    for path in directory.glob(f"*{SUFFIX}"):
+        prefix = path.name.rsplit("-", 1)[0]
+        if prefix not in live:
+            dead.add(prefix)
+    return dead, locks, lock_paths
+
+
+def recover(directory: Path) -> Recovered:
+    """Read the segments of processes that are gone (the caller posts, then ``release``s)."""
+    from veil.ledger.usage import UsageRecord
+
+    metered: dict[str, UsageRecord] = {}
+    dispatched: dict[str, UsageRecord] = {}
+    skipped = 0
+    if not directory.is_dir():
+        return Recovered([], 0, 0, 0, [], [])
+    dead, locks, paths = _dead_prefixes(directory)
+    names = {f.name for f in fields(UsageRecord)}
+    for path in sorted(directory.glob(f"*{SUFFIX}")):
+        if path.name.rsplit("-", 1)[0] not in dead:
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
             continue
         paths.append(path)
-        fds.append(fd)
-        for kind, data in _lines(fd):
+        try:
+            lines = list(_lines(fd))
+        finally:
+            os.close(fd)
+        for kind, data in lines:
             try:
                 record = _decode(data, names)
             except (orjson.JSONDecodeError, TypeError, ValueError, KeyError):
@@ -217,7 +256,7 @@ def recover(directory: Path) -> Recovered:
     if skipped:
         log.warning("journal: skipped %d unreadable lines", skipped)
     return Recovered(
-        [*metered.values(), *interrupted], len(metered), len(interrupted), skipped, paths, fds
+        [*metered.values(), *interrupted], len(metered), len(interrupted), skipped, paths, locks
     )
 
 

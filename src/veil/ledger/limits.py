@@ -10,8 +10,9 @@ A minute is sixty one-second buckets, so "the last 60 seconds" is exact to the s
 limit never resets all at once at a minute boundary. A request is admitted only if every
 scope it belongs to has room; then (atomically with the check) it is counted against each.
 Tokens and money are known only once a request is metered; they are added then, and the
-checks compare what has been used so far — a request may overshoot a token limit or a
-budget by its own size, never more.
+checks compare what has been used so far — so a token limit or a budget can be overshot by
+the requests admitted before it was reached and still being answered (at most one each,
+per request in flight).
 
 ``LocalLimiter`` keeps the counters in the process (one replica). ``RedisLimiter`` keeps
 them in Redis, checked and counted in one Lua script, so five replicas enforce the same
@@ -31,7 +32,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from veil.config import Config, Limit, LimitsConfig
-from veil.errors import RateLimited
+from veil.errors import BudgetExceeded, RateLimited
 from veil.ledger.money import format_amount, units
 
 if TYPE_CHECKING:
@@ -40,11 +41,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("veil.limits")
 
 WINDOW = 60
-
-
-class BudgetExceeded(RateLimited):
-    type = "insufficient_quota"
-    code = "budget_exceeded"
 
 
 @dataclass(frozen=True, slots=True)
@@ -400,7 +396,17 @@ class RedisLimiter:
         return self._key("spent", scope.key, f":{scope.limit.budget.period}:{start:%Y-%m-%d}")
 
     async def start(self) -> None:
-        await self._redis.ping()  # type: ignore[misc]
+        from redis.exceptions import RedisError
+
+        try:
+            await self._redis.ping()  # type: ignore[misc]
+        except RedisError as exc:
+            # Same rule as for a request: the gateway serves, limits fail open, and it says so.
+            log.error(
+                "rate-limit store unreachable at start (%s): limits are not enforced until "
+                "it answers",
+                type(exc).__name__,
+            )
         self._task = asyncio.create_task(self._run(), name="veil-limits-writer")
 
     async def close(self) -> None:

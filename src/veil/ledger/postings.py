@@ -60,14 +60,17 @@ class Tariff:
     def __init__(self, config: Config) -> None:
         self._models: dict[str, Rates] = {}
         costs: dict[str, Price | None] = {}
+        #: Every name a model answers to → its name (usage rows record the name).
+        canonical: dict[str, str] = {}
         for m in config.models:
             self._models[m.name] = _rates(m.price, m.cost)
             costs[m.name] = m.cost
-        self._tenants: dict[tuple[str, str], Rates] = {
-            (t.name, model): _rates(price, costs.get(model))
-            for t in config.tenants
-            for model, price in t.prices.items()
-        }
+            canonical.update({alias: m.name for alias in [m.name, *m.aliases]})
+        self._tenants: dict[tuple[str, str], Rates] = {}
+        for t in config.tenants:
+            for model, price in t.prices.items():
+                name = canonical.get(model, model)
+                self._tenants[(t.name, name)] = _rates(price, costs.get(name))
 
     def rates(self, tenant: str, model: str | None) -> Rates:
         if model is None:

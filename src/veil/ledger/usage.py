@@ -25,7 +25,7 @@ from operator import attrgetter
 from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from veil.ledger.journal import Journal
 from veil.ledger.postings import Book, Posting
@@ -134,16 +134,33 @@ def _sqlite_time(moment: datetime) -> str:
     return moment.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
+def _new_only(conn: Connection, rows: list[UsageRecord]) -> list[UsageRecord]:
+    """The records whose request is not in the database yet (first of each id)."""
+    unique = list({r.id: r for r in reversed(rows)}.values())[::-1]
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    found: set[str] = set()
+    for i in range(0, len(unique), 500):
+        ids = [r.id for r in unique[i : i + 500]]
+        sql = f"SELECT id FROM usage WHERE id IN ({', '.join([mark] * len(ids))})"  # noqa: S608 - placeholders only
+        found.update(row[0] for row in conn.exec_driver_sql(sql, tuple(ids)))
+    return [r for r in unique if r.id not in found]
+
+
 def write_records(engine: Engine, book: Book, rows: list[UsageRecord]) -> None:
-    """Usage rows and ledger lines in one transaction; rows already there are left alone."""
-    usage = [_values(r) for r in rows]
-    lines = [line for r in rows for line in ledger_rows(book, r)]
-    if engine.dialect.name == "sqlite":
-        # One conversion per request, shared by its usage row and its ledger lines.
-        times = {r.id: _sqlite_time(r.created_at) for r in rows}
-        usage = [(*u[:_CREATED], times[u[0]], *u[_CREATED + 1 :]) for u in usage]
-        lines = [(*x[:2], times[x[0]], *x[3:]) for x in lines]
+    """Usage rows and ledger lines in one transaction; a request already there is left
+    alone, its ledger lines included (a replay after a crash posts nothing twice, even if
+    the contracts changed in between)."""
     with engine.begin() as conn:
+        rows = _new_only(conn, rows)
+        if not rows:
+            return
+        usage = [_values(r) for r in rows]
+        lines = [line for r in rows for line in ledger_rows(book, r)]
+        if engine.dialect.name == "sqlite":
+            # One conversion per request, shared by its usage row and its ledger lines.
+            times = {r.id: _sqlite_time(r.created_at) for r in rows}
+            usage = [(*u[:_CREATED], times[u[0]], *u[_CREATED + 1 :]) for u in usage]
+            lines = [(*x[:2], times[x[0]], *x[3:]) for x in lines]
         conn.exec_driver_sql(_statement(engine, "usage", _COLUMNS), usage)
         if lines:
             conn.exec_driver_sql(_statement(engine, "ledger_entries", _LEDGER_COLUMNS), lines)
@@ -154,6 +171,10 @@ def segment_records(path: Path) -> list[UsageRecord]:
     from veil.ledger.journal import read_segment
 
     return read_segment(path)
+
+
+class WriterError(RuntimeError):
+    """The writer could not write a segment; the message names the database's error."""
 
 
 class Sink(Protocol):
@@ -244,13 +265,17 @@ class UsageRecorder:
         try:
             await self._sink.post(paths)
         except Exception as exc:
+            if self.journal.fsyncs:  # the queue is on disk: make it survive a power cut
+                await asyncio.to_thread(self.journal.sync)
             # The segments stay in the journal and are handed over again on the next tick.
             # Say what failed, never what was in it.
             self._failures += 1
             if self._failures % 50 == 1:
+                # A writer error carries the database's exception type (never content).
+                reason = str(exc) if isinstance(exc, WriterError) else type(exc).__name__
                 log.error(
                     "writing usage to the database failed (%s); %d journal segments waiting",
-                    type(exc).__name__,
+                    reason,
                     len(paths),
                 )
             return False
@@ -265,4 +290,7 @@ class UsageRecorder:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._interval)
             self._wake.clear()
-            await self.flush()
+            try:
+                await self.flush()
+            except Exception as exc:  # e.g. no disk space for a new segment: keep trying
+                log.error("metering flush failed: %s", type(exc).__name__)

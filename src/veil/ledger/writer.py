@@ -28,15 +28,12 @@ from typing import Any
 import orjson
 
 from veil.config import ContractConfig
+from veil.ledger.usage import WriterError
 
 log = logging.getLogger("veil.writer")
 
 #: Seconds the gateway waits for the writer to finish when it stops.
 STOP_TIMEOUT = 30.0
-
-
-class WriterError(RuntimeError):
-    pass
 
 
 class ProcessSink:
