@@ -627,7 +627,7 @@ def _cross_check(config: Config) -> Iterator[tuple[tuple[Any, ...], str]]:
     known = {
         "partner": {p.partner for p in config.providers if p.partner},
         "cloud": {p.cloud for p in config.providers if p.cloud},
-        "model": names,
+        "model": {m.name for m in config.models},  # requests match by name, not alias
     }
     for i, c in enumerate(config.contracts):
         if c.name in contracts:
