@@ -287,10 +287,19 @@ def _lines(fd: int) -> Iterator[tuple[bytes, bytes]]:
 
 
 def _decode(data: bytes, names: set[str]) -> UsageRecord:
-    from veil.ledger.usage import UsageRecord
-
+    """A journal line back to its record (``TypeError`` for a line that is not one)."""
     values: dict[str, Any] = orjson.loads(data)
-    if not isinstance(values, dict) or not names.issuperset(values):
-        raise ValueError("not a usage record")
     values["created_at"] = datetime.fromisoformat(values["created_at"])
-    return UsageRecord(**values)
+    return _record_type()(**values)
+
+
+def _record_type() -> type[UsageRecord]:
+    global _RECORD
+    if _RECORD is None:
+        from veil.ledger.usage import UsageRecord
+
+        _RECORD = UsageRecord
+    return _RECORD
+
+
+_RECORD: type[UsageRecord] | None = None
