@@ -18,6 +18,7 @@ from rich.table import Table
 from sqlalchemy import Engine
 
 import veil
+from veil.attestation.cli import log_app
 from veil.auth import KeyStore, Principal
 from veil.chat import ChatRequest, Message
 from veil.config import Config, ServerConfig, load_config
@@ -55,6 +56,7 @@ app.add_typer(prefs_app, name="prefs")
 app.add_typer(pii_app, name="pii")
 app.add_typer(route_app, name="route")
 app.add_typer(ledger_cli.ledger_app, name="ledger")
+app.add_typer(log_app, name="log")
 app.command("usage")(ledger_cli.usage)
 app.command("statement")(ledger_cli.statement)
 
