@@ -198,6 +198,19 @@ def test_verify_follows_a_growing_log_and_refuses_a_rollback(tmp_path: Path) -> 
         grown = _verify(home, url, key_file, state)
         assert grown.returncode == 0, grown.stderr
         assert "tree_size 5" in grown.stdout
+        third = hashlib.sha256(b"release 3").hexdigest()
+        included = run(
+            home, "log", "verify", "--url", url, "--key-file", str(key_file),
+            "--measurement", third,
+        )  # fmt: skip
+        assert included.returncode == 0, included.stderr
+        assert "is entry 3" in included.stdout
+        missing = run(
+            home, "log", "verify", "--url", url, "--key-file", str(key_file),
+            "--measurement", "0" * 64,
+        )  # fmt: skip
+        assert missing.returncode == 1
+        assert "not_included" in missing.stderr
         assert _saved_size(state) == 5
 
     with _serving(home, old_copy) as url:

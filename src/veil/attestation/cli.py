@@ -1,6 +1,6 @@
 """``veil log``: serve, append to and monitor the transparency log of node measurements.
 
-``verify`` is the monitor: it accepts a log's new signed tree head only if the log's key
+``verify`` is the monitor (and, with ``--measurement``, proves that release is in the log): it accepts a log's new signed tree head only if the log's key
 signed it and, given ``--state`` with the last tree head it accepted, a consistency proof
 shows the new tree extends that one. It exits 1 naming the refusal (``bad_signature``,
 ``fork``, ``rollback``), 2 on a usage or network error.
@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 
 from veil.attestation.log import (
+    MAX_ENTRIES_PER_REQUEST,
     LogError,
     LogStore,
     create_app,
@@ -27,11 +28,11 @@ from veil.attestation.log import (
     sth_to_json,
     unb64,
 )
-from veil.attestation.merkle import Monitor, SignedTreeHead
+from veil.attestation.merkle import Monitor, SignedTreeHead, leaf_hash, verify_inclusion
 
 log_app = typer.Typer(help="The transparency log of released node measurements.")
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 DirOption = Annotated[Path, typer.Option("--dir", help="The log's directory.")]
 
@@ -98,6 +99,33 @@ def _get(client: httpx.Client, path: str, **params: int) -> Any:
         raise _fail(f"{path} did not answer JSON") from None
 
 
+def _prove_included(client: httpx.Client, signed: SignedTreeHead, measurement: str) -> int:
+    """The index of the entry with ``measurement``, proven under ``signed``; exit 1 if none."""
+    size = signed.head.size
+    for start in range(0, size, MAX_ENTRIES_PER_REQUEST):
+        end = min(size, start + MAX_ENTRIES_PER_REQUEST)
+        body = _get(client, "/log/v1/entries", start=start, end=end)
+        try:
+            leaves = [unb64(e["leaf_input"]) for e in body["entries"]]
+            records = [json.loads(leaf) for leaf in leaves]
+        except (KeyError, TypeError, ValueError) as e:
+            raise _fail(f"malformed entries: {e}", 1) from None
+        for offset, (leaf, record) in enumerate(zip(leaves, records, strict=True)):
+            if isinstance(record, dict) and record.get("measurement") == measurement:
+                index = start + offset
+                got = _get(client, "/log/v1/proof/inclusion", index=index, tree_size=size)
+                try:
+                    path = [unb64(h) for h in got["inclusion_path"]]
+                except (KeyError, TypeError, ValueError) as e:
+                    raise _fail(f"malformed inclusion proof: {e}", 1) from None
+                if not verify_inclusion(leaf_hash(leaf), index, size, path, signed.head.root):
+                    err.print(f"[red]refused[/red] not_included: entry {index} is not proven")
+                    raise typer.Exit(1)
+                return index
+    err.print(f"[red]refused[/red] not_included: no entry has measurement {measurement}")
+    raise typer.Exit(1)
+
+
 @log_app.command()
 def verify(
     url: Annotated[str, typer.Option(help="The log server's base URL.")],
@@ -107,6 +135,9 @@ def verify(
     ] = None,
     state: Annotated[
         Path | None, typer.Option(help="Where the last verified tree head is kept.")
+    ] = None,
+    measurement: Annotated[
+        str | None, typer.Option(help="Also prove this release measurement is in the log.")
     ] = None,
 ) -> None:
     """Check the log's current tree head: signed by its key and extending the last one."""
@@ -146,10 +177,13 @@ def verify(
             except (KeyError, TypeError, ValueError) as e:
                 raise _fail(f"malformed consistency proof: {e}", 1) from None
 
-    verdict = monitor.observe(signed, proof)
-    if verdict.refusal is not None:
-        err.print(f"[red]refused[/red] {verdict.refusal.value}: {verdict.detail}")
-        raise typer.Exit(1)
+        verdict = monitor.observe(signed, proof)
+        if verdict.refusal is not None:
+            err.print(f"[red]refused[/red] {verdict.refusal.value}: {verdict.detail}")
+            raise typer.Exit(1)
+        if measurement is not None:
+            index = _prove_included(client, signed, measurement)
+            out.print(f"measurement {measurement} is entry {index}")
     if state is not None:
         tmp = state.with_name(state.name + ".tmp")
         tmp.write_text(json.dumps(sth_to_json(signed)) + "\n")
