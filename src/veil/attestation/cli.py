@@ -1,9 +1,10 @@
 """``veil log``: serve, append to and monitor the transparency log of node measurements.
 
-``verify`` is the monitor (and, with ``--measurement``, proves that release is in the log): it accepts a log's new signed tree head only if the log's key
+``verify`` is the monitor: it accepts a log's new signed tree head only if the log's key
 signed it and, given ``--state`` with the last tree head it accepted, a consistency proof
-shows the new tree extends that one. It exits 1 naming the refusal (``bad_signature``,
-``fork``, ``rollback``), 2 on a usage or network error.
+shows the new tree extends that one; with ``--measurement`` it also proves that release's
+entry is in the tree. It exits 1 naming the refusal (``bad_signature``, ``fork``,
+``rollback``, ``not_included``), 2 on a usage or network error.
 """
 
 from __future__ import annotations
