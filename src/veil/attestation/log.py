@@ -261,6 +261,7 @@ class _BadParam(Exception):
     def __init__(self, name: str, reason: str) -> None:
         super().__init__(f"{name}: {reason}")
         self.name = name
+        self.reason = reason
 
 
 def _param(request: Request, name: str) -> int:
@@ -270,6 +271,16 @@ def _param(request: Request, name: str) -> int:
     if not raw.isdecimal() or len(raw) > 20:
         raise _BadParam(name, "must be a non-negative integer")
     return int(raw)
+
+
+def _bounds(request: Request, low: str, high: str, size: int) -> tuple[int, int]:
+    """Two parameters naming a range of the log: ``low <= high <= size``."""
+    lo, hi = _param(request, low), _param(request, high)
+    if hi > size:
+        raise _BadParam(high, f"must be at most {size}")
+    if lo > hi:
+        raise _BadParam(low, f"must be at most {high} ({hi})")
+    return lo, hi
 
 
 def _bad(name: str, reason: str) -> JSONResponse:
@@ -289,7 +300,7 @@ def create_app(store: LogStore) -> Starlette:
         try:
             index, size = _param(request, "index"), _param(request, "tree_size")
         except _BadParam as e:
-            return _bad(e.name, str(e))
+            return _bad(e.name, e.reason)
         if not 0 < size <= store.size:
             return _bad("tree_size", f"must be in 1..{store.size}")
         if index >= size:
@@ -302,25 +313,17 @@ def create_app(store: LogStore) -> Starlette:
     async def consistency(request: Request) -> JSONResponse:
         store.refresh()
         try:
-            first, second = _param(request, "first"), _param(request, "second")
+            first, second = _bounds(request, "first", "second", store.size)
         except _BadParam as e:
-            return _bad(e.name, str(e))
-        if second > store.size:
-            return _bad("second", f"must be at most {store.size}")
-        if first > second:
-            return _bad("first", f"must be at most second ({second})")
+            return _bad(e.name, e.reason)
         return JSONResponse({"consistency": [b64(h) for h in store.consistency(first, second)]})
 
     async def entries(request: Request) -> JSONResponse:
         store.refresh()
         try:
-            start, end = _param(request, "start"), _param(request, "end")
+            start, end = _bounds(request, "start", "end", store.size)
         except _BadParam as e:
-            return _bad(e.name, str(e))
-        if end > store.size:
-            return _bad("end", f"must be at most {store.size}")
-        if start > end:
-            return _bad("start", f"must be at most end ({end})")
+            return _bad(e.name, e.reason)
         if end - start > MAX_ENTRIES_PER_REQUEST:
             return _bad("end", f"at most {MAX_ENTRIES_PER_REQUEST} entries per request")
         body = [
