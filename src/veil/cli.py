@@ -25,6 +25,7 @@ from veil.config import Config, ServerConfig, load_config
 from veil.errors import ConfigError, InvalidRequest, VeilError
 from veil.home import default_database_url, veil_home
 from veil.ledger import cli as ledger_cli
+from veil.node.cli import node_app
 from veil.pipeline import ChatResult, RequestContext
 from veil.policy import ConsentStore, parse_consent_header
 from veil.privacy.cli import pii_app
@@ -57,6 +58,7 @@ app.add_typer(pii_app, name="pii")
 app.add_typer(route_app, name="route")
 app.add_typer(ledger_cli.ledger_app, name="ledger")
 app.add_typer(log_app, name="log")
+app.add_typer(node_app, name="node")
 app.command("usage")(ledger_cli.usage)
 app.command("statement")(ledger_cli.statement)
 

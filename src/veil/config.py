@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -212,6 +213,66 @@ class FakeProviderConfig(ProviderIdentity):
     token_delay: float = Field(0.05, ge=0)
 
 
+def _ed25519_hex(value: str) -> str:
+    value = value.strip().lower()
+    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise ValueError("must be an Ed25519 public key: 32 bytes as 64 hex digits")
+    return value
+
+
+PublicKeyHex = Annotated[str, BeforeValidator(_resolve_secret), AfterValidator(_ed25519_hex)]
+
+
+class TransparencyLogConfig(_Strict):
+    """The log a private node's measurement must be in."""
+
+    url: str
+    #: The log's Ed25519 public key (``log_key.pub``), hex; may be ``env:VAR``.
+    public_key: PublicKeyHex
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+
+class PrivateNodeProviderConfig(ProviderIdentity):
+    """A pool of Veil private compute nodes (``veil node serve``): attested, sealed."""
+
+    type: Literal["private_node"]
+    tier: Tier = "private"
+    #: The nodes' base URLs; each request goes to one attested node chosen at random.
+    nodes: list[str] = Field(min_length=1)
+    log: TransparencyLogConfig
+    #: Enrolled node identity keys (``veil node keygen`` prints one), hex.
+    identity_keys: list[PublicKeyHex] = Field(min_length=1)
+    #: How attestation documents are vouched for: ``signed`` (enrolled identity keys).
+    verifier: Literal["signed"] = "signed"
+    #: The HPKE KEM requests are sealed with.
+    kem: Literal["mlkem768-x25519", "x25519"] = "mlkem768-x25519"
+    #: Seconds between re-reading the log and the nodes' attestations.
+    refresh: float = Field(60.0, gt=0)
+    #: Clock difference tolerated between gateway and node, seconds.
+    max_skew: float = Field(60.0, gt=0)
+    #: The nodes' bearer token (``VEIL_NODE_TOKEN`` on the node), usually ``env:VAR``.
+    api_key: Secret | None = None
+    timeout: Timeouts = Field(default_factory=Timeouts)
+    max_connections: int = Field(256, ge=1)
+
+    @field_validator("nodes")
+    @classmethod
+    def _node_urls(cls, value: list[str]) -> list[str]:
+        for url in value:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"node URLs must start with http:// or https://, not {url!r}")
+        urls = [url.rstrip("/") for url in value]
+        if len(set(urls)) != len(urls):
+            raise ValueError("a node is listed twice")
+        return urls
+
+
 ProviderConfig = Annotated[
     LlamaCppProviderConfig
     | OpenAICompatibleProviderConfig
@@ -219,6 +280,7 @@ ProviderConfig = Annotated[
     | AzureOpenAIProviderConfig
     | AnthropicProviderConfig
     | GeminiProviderConfig
+    | PrivateNodeProviderConfig
     | FakeProviderConfig,
     Field(discriminator="type"),
 ]
@@ -579,6 +641,12 @@ def _cross_check(config: Config) -> Iterator[tuple[tuple[Any, ...], str]]:
         providers[p.name] = i
         if p.tier == "partner" and not p.partner:
             yield ("providers", i, "partner"), "a partner-tier provider must name its partner"
+        if p.type == "private_node" and p.tier != "private":
+            yield (
+                ("providers", i, "tier"),
+                "private nodes are the private tier: requests to them are sealed to an "
+                "attested key, which is what private means",
+            )
         if p.type in PARTNER_TYPES and p.tier != "partner":
             yield (
                 ("providers", i, "tier"),

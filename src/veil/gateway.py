@@ -27,6 +27,7 @@ from veil.metrics import Metrics
 from veil.pipeline import Pipeline
 from veil.policy import ConsentStore, PolicyEngine
 from veil.providers import Provider, build_provider
+from veil.providers.private_node import PrivateNodeProvider
 from veil.providers.resilience import Breakers
 from veil.routing import PreferenceStore, Router
 from veil.store import db
@@ -110,6 +111,9 @@ class Gateway:
         for name, provider in self.providers.items():
             if provider.queue_depth is not None:
                 self.metrics.watch_queue(name, provider.queue_depth)
+            if isinstance(provider, PrivateNodeProvider):
+                provider.bind_state(home / "attestation")
+                provider.on_refusal = self.metrics.node_refused
         self.started = False
 
     def prepare(self) -> None:

@@ -67,9 +67,19 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.node_refusals = Counter(
+            "veil_node_refusals",
+            "Private nodes refused, by reason (not_in_log, expired, fork, …)",
+            ("provider", "reason"),
+            registry=self.registry,
+        )
+
         # Labelled children, looked up once: ``labels()`` costs microseconds per call.
         self._observed: dict[tuple[str, str, str, int], tuple[Any, Any, Any, Any]] = {}
         self._attempts: dict[tuple[str, str, str], Any] = {}
+
+    def node_refused(self, provider: str, reason: str) -> None:
+        self.node_refusals.labels(provider, reason).inc()
 
     def attempt(self, provider: str, model: str, outcome: str) -> None:
         """Count one upstream call (or one skipped by an open breaker) by its outcome."""

@@ -62,6 +62,12 @@ class RequestContext:
     user_hash: str | None = ""
     #: The usage record journaled at dispatch; metering fills it in.
     record: UsageRecord | None = None
+    #: What served it, when the provider proves it: a private node's measurement.
+    served_by: str | None = None
+
+
+#: The measurement of the private node that served the answer (private nodes only).
+SERVED_BY_HEADER = "x-veil-node-measurement"
 
 
 def route_headers(route: Route, outbound: Outbound | None = None) -> dict[str, str]:
@@ -365,6 +371,9 @@ class Pipeline:
                     ctx, request, route, outbound, policy, first, headers
                 )
             completion = await self._complete(deployment, outbound, first)
+            if completion.served_by is not None:
+                ctx.served_by = completion.served_by
+                headers[SERVED_BY_HEADER] = completion.served_by
         finally:
             if connect is not None:
                 CONNECT_TIMEOUT.reset(connect)
@@ -396,7 +405,8 @@ class Pipeline:
         """Start the stream and hold its chunks back until the first token: a failure before
         it fails over, invisibly to the caller."""
         committed = _Committed()
-        chunks = self._stream(ctx, request, route, outbound, policy, committed)
+        state = StreamState()
+        chunks = self._stream(ctx, request, route, outbound, policy, committed, state)
         held: list[dict[str, Any]] = []
         try:
             async with asyncio.timeout(first):
@@ -411,6 +421,8 @@ class Pipeline:
             await chunks.aclose()  # type: ignore[attr-defined]
             raise
         committed.value = True
+        if state.served_by is not None:
+            headers[SERVED_BY_HEADER] = state.served_by
         return ChatStream(route, _prepend(held, chunks), headers)
 
     @staticmethod
@@ -433,9 +445,9 @@ class Pipeline:
         outbound: Outbound,
         policy: str,
         committed: _Committed,
+        state: StreamState,
     ) -> AsyncIterator[dict[str, Any]]:
         deployment = route.deployment
-        state = StreamState()
         status: int = CLIENT_CLOSED
         code: str | None = "client_closed"
         ident = {"id": "chatcmpl-" + ctx.request_id, "model": route.model.name}
@@ -488,6 +500,7 @@ class Pipeline:
             # Once the answer has started it is billed for what was produced, also when the
             # caller left or the upstream broke; before that, the dispatcher meters the end.
             if committed.value:
+                ctx.served_by = state.served_by
                 usage = state.usage
                 if delivered is not None and usage.method in UNCOUNTED:
                     usage = self._counter_for(outbound, delivered, usage)
@@ -568,6 +581,7 @@ class Pipeline:
             record.status = status
             record.error_code = code
             record.attempts = ctx.attempts
+            record.served_by = ctx.served_by
             if self._tariff is not None:
                 record.billed, record.cost = self._tariff.charge(
                     record.tenant, record.model, usage.prompt_tokens, usage.completion_tokens
@@ -627,6 +641,7 @@ class Pipeline:
             category=ctx.task[0] if ctx.task else None,
             difficulty=ctx.task[1] if ctx.task else None,
             attempts=ctx.attempts,
+            served_by=ctx.served_by,
             billed=billed,
             cost=cost,
         )

@@ -1,10 +1,10 @@
-"""``/admin``: key management. Every route needs the admin key."""
+"""``/admin``: key management and private-node status. Every route needs the admin key."""
 
 from __future__ import annotations
 
 import asyncio
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
@@ -63,3 +63,38 @@ async def list_keys(request: Request, _admin: Admin, tenant: str | None = None) 
 @router.delete("/keys/{key_id}", response_model=KeyOut, summary="Revoke an API key")
 async def revoke_key(key_id: str, request: Request, _admin: Admin) -> KeyOut:
     return KeyOut.of(await asyncio.to_thread(gateway(request).keys.revoke, key_id))
+
+
+class NodeOut(BaseModel):
+    provider: str
+    url: str
+    state: str = Field(description="attested or refused")
+    reason: str | None = Field(description="Why it is refused: not_in_log, expired, fork, …")
+    detail: str | None
+    measurement: str | None
+    model: str | None
+    release: dict[str, Any] | None = Field(
+        description="The log entry the measurement was proven in: index, name, version"
+    )
+    expires_ms: int | None
+    checked_at: float | None
+
+
+class NodeList(BaseModel):
+    object: str = "list"
+    data: list[NodeOut]
+
+
+@router.get(
+    "/nodes", response_model=NodeList, summary="Private nodes: attested or refused, and why"
+)
+async def list_nodes(request: Request, _admin: Admin) -> NodeList:
+    from veil.providers.private_node import PrivateNodeProvider
+
+    data = [
+        NodeOut(provider=name, **node)
+        for name, provider in gateway(request).providers.items()
+        if isinstance(provider, PrivateNodeProvider)
+        for node in provider.status()
+    ]
+    return NodeList(data=data)

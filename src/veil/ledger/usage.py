@@ -61,6 +61,8 @@ class UsageRecord:
     #: Units of 10⁻¹² currency (``veil.ledger.money``).
     billed: int = 0
     cost: int = 0
+    #: The measurement of the private node that served it (private nodes only).
+    served_by: str | None = None
 
 
 _COLUMNS = tuple(f.name for f in fields(UsageRecord))

@@ -10,6 +10,7 @@ from veil.config import (
     LlamaCppProviderConfig,
     OpenAICompatibleProviderConfig,
     OpenAIProviderConfig,
+    PrivateNodeProviderConfig,
     ProviderConfig,
 )
 from veil.providers.base import Completion, Provider, StreamState
@@ -43,6 +44,10 @@ def build_provider(config: ProviderConfig) -> Provider:
         from veil.providers.gemini import GeminiProvider
 
         return GeminiProvider(config)
+    if isinstance(config, PrivateNodeProviderConfig):
+        from veil.providers.private_node import PrivateNodeProvider
+
+        return PrivateNodeProvider(config)
     if isinstance(config, FakeProviderConfig):
         from veil.providers.fake import FakeProvider
 

@@ -26,6 +26,8 @@ class Completion:
 
     body: dict[str, Any]
     usage: Usage
+    #: What served it, when the provider can prove it: a private node's measurement.
+    served_by: str | None = None
 
 
 @dataclass(slots=True)
@@ -33,6 +35,8 @@ class StreamState:
     """Filled in by a provider while it streams: the usage, once known."""
 
     usage: Usage = field(default_factory=Usage)
+    #: What serves it, when the provider can prove it: a private node's measurement.
+    served_by: str | None = None
 
 
 class Provider:

@@ -72,6 +72,9 @@ class Usage(Base):
     #: ``metering.currency`` (``veil.ledger.money``).
     billed: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     cost: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    #: The measurement (SHA-256, hex) of the private node that served it, as attested and
+    #: proven in the transparency log; null for every other tier.
+    served_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class LedgerEntry(Base):

@@ -1,0 +1,1 @@
+"""The private compute node: ``veil node serve`` (see ``server``), its measurement and CLI."""
