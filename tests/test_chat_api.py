@@ -209,6 +209,7 @@ def test_usage_rows_are_written_with_metadata_only(
         "attempts": 1,
         "billed": 0,  # no prices configured: nothing to bill
         "cost": 0,
+        "served_by": None,  # not a private node
     }
 
 

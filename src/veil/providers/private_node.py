@@ -309,8 +309,9 @@ class PrivateNodeProvider(Provider):
         await self._http.close()
 
     def ready(self) -> bool:
-        now = _now_ms()
-        return any(n.usable(now) for n in self.nodes)
+        # Started, not "some node attested": with every node refused, requests still fall
+        # back per routing, and a load balancer should keep this replica (see /admin/nodes).
+        return self._task is not None
 
     async def _refresher(self) -> None:
         while True:
