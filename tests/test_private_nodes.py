@@ -31,6 +31,7 @@ from tests.support.nodes import (
     keygen,
     log_key,
     measure,
+    node_args,
     open_for_writing,
     serve_log,
     serve_node,
@@ -74,6 +75,16 @@ def _nodes(server: VeilServer) -> dict[str, dict[str, Any]]:
     return {f"{n['provider']} {n['url']}": n for n in r.json()["data"]}
 
 
+def _by_node(server: VeilServer) -> dict[str | None, int]:
+    period = time.strftime("%Y-%m", time.gmtime())
+    r = httpx.get(
+        server.url + "/admin/usage", params={"by": "served_by", "period": period}, headers=ADMIN
+    )
+    assert r.status_code == 200, r.text
+    rows = {row["group"]: row["requests"] for row in r.json()["data"]}
+    return rows if sum(rows.values()) == 2 else {}
+
+
 def _wait_for(check: Any, timeout: float = 15.0) -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -112,7 +123,7 @@ def _released_node(
 ) -> tuple[Node, str]:
     identity = tmp_path / f"{name}.key"
     public = keygen(identity)
-    node = serve_node(tmp_path, name, identity, engine.base_url, weights)
+    node = serve_node(tmp_path, name, identity, node_args(engine.base_url, weights))
     procs.append(node.proc)
     return node, public
 
@@ -167,6 +178,9 @@ def test_a_private_request_crosses_the_wire_sealed_and_leaves_nothing_on_the_nod
         assert status["measurement"] == released
         assert status["release"]["index"] == 1
         assert status["release"]["version"] == "2.0"
+        # Usage reports group by the measurement that served each request.
+        report = _wait_for(lambda: _by_node(server))
+        assert report == {released: 2}, report
     finally:
         server.stop()
 
@@ -430,7 +444,11 @@ def test_nodes_are_chosen_at_random_and_a_rebooted_node_is_re_attested(
         first.proc.stop()
         identity = tmp_path / "one.key"
         rebooted = serve_node(
-            tmp_path, "one-again", identity, engine.base_url, weights, port=first.proc.port
+            tmp_path,
+            "one-again",
+            identity,
+            node_args(engine.base_url, weights),
+            port=first.proc.port,
         )
         procs.append(rebooted.proc)
         for i in range(20):
@@ -488,8 +506,7 @@ def test_a_node_token_is_required_when_set(
         tmp_path,
         "node",
         identity,
-        engine.base_url,
-        weights,
+        node_args(engine.base_url, weights),
         VEIL_NODE_TOKEN="node-secret-token-1234",
     )
     procs.append(node.proc)
@@ -521,3 +538,41 @@ def test_a_node_token_is_required_when_set(
         assert refused.json()["error"]["code"] == "upstream_auth"
     finally:
         server.stop()
+
+
+def test_a_node_runs_the_bundled_model_in_process(tmp_path: Path, procs: list[Proc]) -> None:
+    identity = tmp_path / "node.key"
+    public = keygen(identity)
+    node = serve_node(tmp_path, "node", identity, ["--model", "bundled", "--n-ctx", "512"])
+    procs.append(node.proc)
+    logdir = tmp_path / "log"
+    append(logdir, node.measurement)
+    log = serve_log(logdir)
+    procs.append(log)
+    pools = _pool("pcc", [node.proc.url], log.url, log_key(logdir), [public])
+    models = "  - {name: big, deployments: [{provider: pcc, model: smollm2}]}\n"
+    server = start_server(tmp_path / "gw", _config(pools, models))
+    try:
+        sdk = client(server)
+        raw = sdk.chat.completions.with_raw_response.create(
+            model="big", messages=[{"role": "user", "content": "Name a colour."}], max_tokens=8
+        )
+        answer = raw.parse()
+        assert answer.choices[0].message.content
+        assert answer.usage is not None
+        assert answer.usage.completion_tokens == 8
+        assert raw.headers["x-veil-node-measurement"] == node.measurement
+        chunks = list(
+            sdk.chat.completions.create(
+                model="big",
+                messages=[{"role": "user", "content": "Name a fruit."}],
+                max_tokens=6,
+                stream=True,
+            )
+        )
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        [status] = _nodes(server).values()
+        assert status["model"] == "smollm2-135m-instruct"
+    finally:
+        server.stop()
+    assert list(node.root.iterdir()) == []

@@ -146,18 +146,18 @@ def serve_node(
     tmp: Path,
     name: str,
     identity: Path,
-    upstream: str,
-    weights: Path,
-    *extra: str,
+    mode: list[str],
+    *,
     port: int | None = None,
     **env: str,
 ) -> Node:
+    """``mode``: ``node_args(upstream, weights)``, or ``["--model", "bundled"]``."""
     root = tmp / f"{name}-root"
     root.mkdir()
     port = port or free_port()
     args = ["node", "serve", "--identity", str(identity), "--port", str(port)]
     proc = _spawn(
-        [*args, *node_args(upstream, weights), *extra],
+        [*args, *mode],
         tmp / f"{name}.out",
         port,
         "/node/v1/health",

@@ -39,7 +39,7 @@ from veil.ledger.postings import PLATFORM, party_account
 from veil.store.models import LedgerEntry, Usage
 
 #: What ``usage_report`` can group by: a column of the usage table each.
-UsageBy = Literal["tenant", "model", "tier", "partner", "provider", "category"]
+UsageBy = Literal["tenant", "model", "tier", "partner", "provider", "category", "served_by"]
 USAGE_GROUPS: Final[tuple[str, ...]] = get_args(UsageBy)
 #: The kinds of problem ``reconcile`` reports.
 PROBLEM_KINDS: Final = (
