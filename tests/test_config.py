@@ -194,3 +194,47 @@ def test_cli_config_check_accepts_a_good_file(tmp_path: Path) -> None:
     result = _check(good)
     assert result.returncode == 0, result.stderr
     assert "ok" in result.stderr
+
+
+def test_private_node_pools_are_checked_key_by_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    key = "ab" * 32
+    monkeypatch.setenv("LOG_KEY", key)
+    good = f"""providers:
+  - name: pcc
+    type: private_node
+    nodes: [http://10.0.0.5:8701/, https://node-2.internal]
+    log: {{url: http://log.internal:8090, public_key: env:LOG_KEY}}
+    identity_keys: ["{key.upper()}"]
+"""
+    [pool] = parse_config(good, "veil.yaml").providers
+    assert pool.tier == "private"
+    assert pool.nodes == ["http://10.0.0.5:8701", "https://node-2.internal"]
+    assert pool.log.public_key == key
+    assert pool.identity_keys == [key]
+    assert pool.kem == "mlkem768-x25519"
+
+    bad = """providers:
+  - name: pcc
+    type: private_node
+    tier: partner
+    partner: acme
+    nodes: [node-1:8701, http://a, http://a/]
+    log: {url: http://log, public_key: "not-a-key"}
+    identity_keys: ["abcd"]
+"""
+    found = {(p.line, p.key): p.message for p in problems(bad)}
+    assert "http://" in found[(6, "providers[0].nodes")]
+    assert "32 bytes as 64 hex digits" in found[(7, "providers[0].log.public_key")]
+    assert "32 bytes as 64 hex digits" in found[(8, "providers[0].identity_keys[0]")]
+    [twice] = problems(
+        bad.replace("node-1:8701, ", "").replace("not-a-key", key).replace('"abcd"', f'"{key}"')
+    )
+    assert (twice.key, twice.message) == ("providers[0].nodes", "a node is listed twice")
+    [tier] = problems(
+        bad.replace("node-1:8701, ", "")
+        .replace(", http://a/", "")
+        .replace("not-a-key", key)
+        .replace('"abcd"', f'"{key}"')
+    )
+    assert (tier.line, tier.key) == (4, "providers[0].tier")
+    assert "private tier" in tier.message
