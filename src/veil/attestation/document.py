@@ -183,9 +183,9 @@ def parse(document: bytes) -> Attestation:
         raise Refused(Reason.MALFORMED, "the document is too large")
     try:
         data = json.loads(document)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: "[[[[…" nested past the limit
         raise Refused(Reason.MALFORMED, "the document is not JSON") from None
-    if not isinstance(data, dict) or data.get("v") != 1:
+    if not isinstance(data, dict) or type(data.get("v")) is not int or data["v"] != 1:
         raise Refused(Reason.MALFORMED, "not a version 1 attestation document")
     try:
         keys_in = data["keys"]

@@ -167,7 +167,10 @@ class ResponseOpener:
             ) from None
         self._counter += 1
         self.finished = bool(final)
-        message = orjson.loads(plain)
+        try:
+            message = orjson.loads(plain)
+        except orjson.JSONDecodeError:
+            raise EnvelopeError("bad_response", "a reply frame is not JSON") from None
         if not isinstance(message, dict):
             raise EnvelopeError("bad_response", "a reply frame is not a JSON object")
         return message

@@ -47,10 +47,10 @@ def _manifest(root: Path, *, skip_caches: bool) -> list[str]:
     for path in sorted(root.rglob("*")):
         if not path.is_file():
             continue
-        rel = path.relative_to(root).as_posix()
-        if skip_caches and ("__pycache__" in path.parts or path.suffix == ".pyc"):
+        parts = path.relative_to(root).parts
+        if skip_caches and ("__pycache__" in parts or path.suffix == ".pyc"):
             continue
-        lines.append(f"{rel}\0{file_digest(path)}\n")
+        lines.append(f"{'/'.join(parts)}\0{file_digest(path)}\n")
     return lines
 
 

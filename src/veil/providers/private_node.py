@@ -85,6 +85,8 @@ _LOG_REFUSALS = {
     Refusal.ROLLBACK: Reason.ROLLBACK,
 }
 _ENTRIES_PER_CALL = 1000
+#: How a node may say its tokens were known (anything else is read as ``reported``).
+_METHODS = frozenset({"reported", "counted", "estimated", "missing"})
 
 
 def _now_ms() -> int:
@@ -339,6 +341,9 @@ class PrivateNodeProvider(Provider):
         except Refused as refused:
             self._refuse(node, refused)
             return
+        except Exception as e:  # a bug here must refuse the node, never trust it
+            self._refuse(node, Refused(Reason.MALFORMED, f"cannot check: {type(e).__name__}"))
+            return
         node.attestation, node.release, node.public_key = attestation, release, public_key
         node.info = request_info(signed.document)
         node.document_hash = hashlib.sha256(signed.document).hexdigest()
@@ -505,13 +510,14 @@ def _usage(data: Any) -> Usage:
     if not isinstance(data, dict):
         return Usage(method="missing")
     try:
-        return Usage(
-            int(data.get("prompt_tokens") or 0),
-            int(data.get("completion_tokens") or 0),
-            str(data.get("method") or "reported"),
-        )
+        prompt = int(data.get("prompt_tokens") or 0)
+        completion = int(data.get("completion_tokens") or 0)
     except (TypeError, ValueError):
         return Usage(method="missing")
+    if prompt < 0 or completion < 0:
+        return Usage(method="missing")
+    method = data.get("method")
+    return Usage(prompt, completion, method if method in _METHODS else "reported")
 
 
 def _node_error(url: str, error: Any) -> VeilError:
