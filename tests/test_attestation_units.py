@@ -557,7 +557,7 @@ def test_an_invalid_or_failed_request_is_answered_inside_frames() -> None:
         assert final["error"]["code"] == "invalid_request"
         assert CANARY not in final["error"]["message"]
     with _live("error-429") as node:
-        error = _node_error("http://n", _final(node, _ask())["error"])
+        error = _node_error("node 1 of pcc", _final(node, _ask())["error"])
         assert isinstance(error, errors.RateLimited)
         assert error.retry_after == 2.0
     with _live("crash") as node:
@@ -583,12 +583,12 @@ def test_an_invalid_or_failed_request_is_answered_inside_frames() -> None:
 )
 def test_a_nodes_sealed_error_becomes_the_same_kind_of_error(status: object, kind: type) -> None:
     sealed = {"status": status, "code": "c", "message": "m" * 1000, "retry_after": 3}
-    error = _node_error("http://n", sealed)
+    error = _node_error("node 1 of pcc", sealed)
     assert type(error) is kind
-    assert error.message == "node http://n: " + "m" * 300
+    assert error.message == "node 1 of pcc: " + "m" * 300
     retries = kind in (errors.RateLimited, errors.UpstreamUnavailable)
     assert error.retry_after == (3.0 if retries else None)
-    assert type(_node_error("http://n", "boom")) is errors.UpstreamError
+    assert type(_node_error("node 1 of pcc", "boom")) is errors.UpstreamError
 
 
 def test_a_nodes_usage_is_read_leniently() -> None:

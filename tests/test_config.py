@@ -199,12 +199,14 @@ def test_cli_config_check_accepts_a_good_file(tmp_path: Path) -> None:
 def test_private_node_pools_are_checked_key_by_key(monkeypatch: pytest.MonkeyPatch) -> None:
     key = "ab" * 32
     monkeypatch.setenv("LOG_KEY", key)
+    monkeypatch.setenv("NODE_TOKEN", "node-token-0123456789")
     good = f"""providers:
   - name: pcc
     type: private_node
     nodes: [http://10.0.0.5:8701/, https://node-2.internal]
     log: {{url: http://log.internal:8090, public_key: env:LOG_KEY}}
     identity_keys: ["{key.upper()}"]
+    api_key: env:NODE_TOKEN
 """
     [pool] = parse_config(good, "veil.yaml").providers
     assert pool.tier == "private"
@@ -212,6 +214,9 @@ def test_private_node_pools_are_checked_key_by_key(monkeypatch: pytest.MonkeyPat
     assert pool.log.public_key == key
     assert pool.identity_keys == [key]
     assert pool.kem == "mlkem768-x25519"
+    [open_pool] = problems(good.replace("    api_key: env:NODE_TOKEN\n", ""))
+    assert (open_pool.key, open_pool.line) == ("providers[0].api_key", 2)
+    assert "VEIL_NODE_TOKEN" in open_pool.message
 
     bad = """providers:
   - name: pcc
@@ -221,6 +226,7 @@ def test_private_node_pools_are_checked_key_by_key(monkeypatch: pytest.MonkeyPat
     nodes: [node-1:8701, http://a, http://a/]
     log: {url: http://log, public_key: "not-a-key"}
     identity_keys: ["abcd"]
+    api_key: env:NODE_TOKEN
 """
     found = {(p.line, p.key): p.message for p in problems(bad)}
     assert "http://" in found[(6, "providers[0].nodes")]

@@ -295,8 +295,10 @@ def test_no_fallback_means_a_503_naming_each_nodes_reason(
         )
         assert r.status_code == 503, r.text
         message = r.json()["error"]["message"]
-        assert f"{stand_in.origin}: not_in_log" in message
-        assert "http://127.0.0.1:9: unreachable" in message
+        assert "provider pcc has no attested node (node 1: not_in_log; node 2: unreachable)" in (
+            message
+        )
+        assert "127.0.0.1" not in message  # callers are not told where the nodes are
         assert CANARY not in message
         assert stand_in.chats == 0
     finally:
@@ -550,7 +552,8 @@ def test_a_node_runs_the_bundled_model_in_process(tmp_path: Path, procs: list[Pr
     log = serve_log(logdir)
     procs.append(log)
     pools = _pool("pcc", [node.proc.url], log.url, log_key(logdir), [public])
-    models = "  - {name: big, deployments: [{provider: pcc, model: smollm2}]}\n"
+    models = "  - {name: big, deployments: [{provider: pcc, model: smollm2-135m-instruct}]}\n"
+    models += "  - {name: huge, deployments: [{provider: pcc, model: llama-70b}]}\n"
     server = start_server(tmp_path / "gw", _config(pools, models))
     try:
         sdk = client(server)
@@ -573,6 +576,17 @@ def test_a_node_runs_the_bundled_model_in_process(tmp_path: Path, procs: list[Pr
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         [status] = _nodes(server).values()
         assert status["model"] == "smollm2-135m-instruct"
+        # A deployment naming a model the node does not attest is never sent to it.
+        wrong = httpx.post(
+            server.url + "/v1/chat/completions",
+            headers=ADMIN,
+            json={"model": "huge", "messages": [{"role": "user", "content": "hi"}]},
+        )
+        assert wrong.status_code == 503
+        assert (
+            "node 1: serves smollm2-135m-instruct, not llama-70b"
+            in wrong.json()["error"]["message"]
+        )
     finally:
         server.stop()
     assert list(node.root.iterdir()) == []

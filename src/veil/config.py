@@ -641,6 +641,16 @@ def _cross_check(config: Config) -> Iterator[tuple[tuple[Any, ...], str]]:
         providers[p.name] = i
         if p.tier == "partner" and not p.partner:
             yield ("providers", i, "partner"), "a partner-tier provider must name its partner"
+        if (
+            isinstance(p, PrivateNodeProviderConfig)
+            and p.api_key is None
+            and not all(_loopback_url(url) for url in p.nodes)
+        ):
+            yield (
+                ("providers", i, "api_key"),
+                "nodes off this host need the token they were started with "
+                "(VEIL_NODE_TOKEN on the node): set api_key, e.g. env:VEIL_NODE_TOKEN",
+            )
         if p.type == "private_node" and p.tier != "private":
             yield (
                 ("providers", i, "tier"),

@@ -77,7 +77,7 @@ class NodeOut(BaseModel):
         description="The log entry the measurement was proven in: index, name, version"
     )
     expires_ms: int | None
-    checked_at: float | None
+    checked_ms: int | None = Field(description="When it was last checked, ms since the epoch")
 
 
 class NodeList(BaseModel):

@@ -68,6 +68,8 @@ class Reason(StrEnum):
     LOG_UNREACHABLE = "log_unreachable"  # the log could not be read: nothing is trusted
     UNREACHABLE = "unreachable"  # the node did not answer its attestation
     KEY_REJECTED = "key_rejected"  # the node could not open what was sealed to its key
+    ATTESTATION_CHANGED = "attestation_changed"  # the node no longer holds that document
+    CLOCK_SKEW = "clock_skew"  # the node found the request's time outside its window
     REPLAYED = "replayed"  # the node saw this ciphertext before
     BAD_RESPONSE = "bad_response"  # a reply that does not open under the request's key
 

@@ -47,6 +47,9 @@ UpstreamModelOption = Annotated[
     str | None, typer.Option(help="The model name to ask --upstream for.")
 ]
 NCtxOption = Annotated[int, typer.Option(help="Context window of an in-process model.")]
+SkewOption = Annotated[
+    float, typer.Option(help="Clock window for sealed requests, seconds.", min=1)
+]
 LifetimeOption = Annotated[
     float, typer.Option(help="Seconds an attestation document is valid.", min=10)
 ]
@@ -196,7 +199,7 @@ def measure(
     upstream_model: UpstreamModelOption = None,
     n_ctx: NCtxOption = 4096,
     lifetime: LifetimeOption = 3600.0,
-    max_skew: Annotated[float, typer.Option(help="Clock window for sealed requests, s.")] = 60.0,
+    max_skew: SkewOption = 60.0,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Print the measurement only.")
     ] = False,
@@ -223,7 +226,7 @@ def serve(
     n_ctx: NCtxOption = 4096,
     n_threads: Annotated[int | None, typer.Option(help="Threads for an in-process model.")] = None,
     lifetime: LifetimeOption = 3600.0,
-    max_skew: Annotated[float, typer.Option(help="Clock window for sealed requests, s.")] = 60.0,
+    max_skew: SkewOption = 60.0,
     name: Annotated[str, typer.Option(help="The node's name in its documents.")] = DEFAULT_NAME,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8701,

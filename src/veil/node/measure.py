@@ -30,7 +30,15 @@ import veil
 
 MEASUREMENT_VERSION = "veil-node-measurement/v1"
 #: Packages whose code runs on a request's path through a node, besides veil itself.
-RUNTIME_PACKAGES = ("cryptography", "llama-cpp-python", "aiohttp", "orjson", "pydantic")
+RUNTIME_PACKAGES = (
+    "cryptography",
+    "llama-cpp-python",
+    "aiohttp",
+    "orjson",
+    "pydantic",
+    "starlette",
+    "uvicorn",
+)
 _CHUNK = 1 << 20
 
 

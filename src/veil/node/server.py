@@ -9,15 +9,17 @@ Three routes and nothing else — no admin, debug or shell interface:
     document it was sealed under in ``x-veil-attestation`` (its SHA-256, hex). The reply is
     a stream of sealed frames; once a request has opened, every outcome (an answer, a
     stream, an error) travels inside them, so nothing between gateway and node learns
-    even whether it failed. Before that, a refusal is a plain 400 with a code only:
-    ``malformed``, ``unknown_attestation``, ``key_rejected``, ``stale`` or ``replayed``.
+    even whether it failed. Before that, a refusal is plain JSON with a code only: 400
+    ``malformed``, ``unknown_attestation``, ``key_rejected``, ``stale`` or ``replayed``;
+    401 ``unauthorized`` (a token is set and was not sent); 413 ``too_large``.
 ``GET /node/v1/health``
     ``{"status": "ok"}`` once the model is loaded.
 
 Stateless: the node writes no file. Requests, answers and keys live in memory for as long
 as they are used; logs carry counts and error codes, never content; the replay cache holds
 digests of ciphertexts for the clock window only. Requests carry no user identity: the
-gateway sends none, and the node drops ``user`` and ``metadata`` should any arrive.
+gateway sends none, and the node drops ``user``, ``metadata`` and ``safety_identifier``
+should any arrive.
 """
 
 from __future__ import annotations

@@ -75,9 +75,9 @@ NOT_SENT = {"user", "metadata", "safety_identifier", "stream_options"}
 #: What a node answers, before opening anything, about a request it will not serve.
 _NODE_REFUSALS = {
     "key_rejected": Reason.KEY_REJECTED,
-    "unknown_attestation": Reason.KEY_REJECTED,
+    "unknown_attestation": Reason.ATTESTATION_CHANGED,
     "replayed": Reason.REPLAYED,
-    "stale": Reason.REPLAYED,
+    "stale": Reason.CLOCK_SKEW,
 }
 _LOG_REFUSALS = {
     Refusal.BAD_SIGNATURE: Reason.LOG_BAD_SIGNATURE,
@@ -242,13 +242,15 @@ class NodeState:
     """What the gateway knows about one node right now."""
 
     url: str
+    #: How callers' error messages name it ("node 2"): never its address.
+    label: str = ""
     attestation: Attestation | None = None
     release: dict[str, Any] | None = None
     public_key: HpkePublicKey | None = None
     info: bytes = b""
     document_hash: str = ""
     refusal: Refused | None = None
-    checked_at: float = 0.0
+    checked_ms: int = 0
 
     def usable(self, now_ms: int) -> bool:
         return (
@@ -268,7 +270,7 @@ class NodeState:
             "model": a.model if a else None,
             "release": self.release,
             "expires_ms": a.expires_ms if a else None,
-            "checked_at": self.checked_at or None,
+            "checked_ms": self.checked_ms or None,
         }
 
 
@@ -280,7 +282,7 @@ class PrivateNodeProvider(Provider):
         self._http = HttpClient(config.name, config.timeout, config.max_connections)
         self.log = TransparencyLog(config.log, self._http)
         self._verifier = SignedDocumentVerifier(config.identity_keys)
-        self.nodes = [NodeState(url) for url in config.nodes]
+        self.nodes = [NodeState(url, f"node {i}") for i, url in enumerate(config.nodes, 1)]
         self._headers = {"content-type": CONTENT_TYPE}
         if config.api_key is not None:
             self._headers["authorization"] = "Bearer " + config.api_key.get_secret_value()
@@ -338,16 +340,20 @@ class PrivateNodeProvider(Provider):
             check_time(attestation, _now_ms(), self._skew_ms)
             release = await self.log.prove(attestation.measurement)
             public_key = attestation.public_key(self._kem)
-        except Refused as refused:
-            self._refuse(node, refused)
-            return
         except Exception as e:  # a bug here must refuse the node, never trust it
-            self._refuse(node, Refused(Reason.MALFORMED, f"cannot check: {type(e).__name__}"))
+            refused = (
+                e
+                if isinstance(e, Refused)
+                else Refused(Reason.MALFORMED, f"cannot check: {type(e).__name__}")
+            )
+            # What failed is the node's current document: nothing of an earlier one stands.
+            node.attestation = node.release = node.public_key = None
+            self._refuse(node, refused)
             return
         node.attestation, node.release, node.public_key = attestation, release, public_key
         node.info = request_info(signed.document)
         node.document_hash = hashlib.sha256(signed.document).hexdigest()
-        node.checked_at = time.time()
+        node.checked_ms = _now_ms()
         if node.refusal is not None:
             log.info("node %s of %s is attested again", node.url, self.name)
         node.refusal = None
@@ -368,11 +374,11 @@ class PrivateNodeProvider(Provider):
     def _refuse(self, node: NodeState, refused: Refused) -> None:
         changed = node.refusal is None or node.refusal.reason is not refused.reason
         node.refusal = refused
-        node.checked_at = time.time()
+        node.checked_ms = _now_ms()
         if changed:
             log.warning("node %s of %s refused: %s", node.url, self.name, refused)
-        if self.on_refusal is not None:
-            self.on_refusal(self.name, refused.reason.value)
+            if self.on_refusal is not None:
+                self.on_refusal(self.name, refused.reason.value)
 
     def status(self) -> list[dict[str, Any]]:
         """Each node's state, for ``/admin/nodes``: never anything about requests."""
@@ -384,26 +390,34 @@ class PrivateNodeProvider(Provider):
 
     # ------------------------------------------------------------- requests
 
-    def _pick(self) -> NodeState:
+    def _pick(self, model: str) -> NodeState:
+        """A node attested now and serving ``model``, at random: never chosen by who asks."""
         now = _now_ms()
         usable = []
         for node in self.nodes:
             if node.usable(now):
-                usable.append(node)
+                assert node.attestation is not None
+                if node.attestation.model == model:
+                    usable.append(node)
             elif node.refusal is None and node.attestation is not None:
                 self._refuse(node, Refused(Reason.EXPIRED, "the attestation expired"))
                 self._wake.set()
         if not usable:
-            reasons = "; ".join(
-                f"{n.url}: {n.refusal.reason.value if n.refusal else 'not attested'}"
-                for n in self.nodes
-            )
+            reasons = "; ".join(f"{n.label}: {self._why_not(n, model)}" for n in self.nodes)
             self._wake.set()
             raise UpstreamUnavailable(
                 f"provider {self.name} has no attested node ({reasons})",
                 code="node_not_attested",
             )
         return self._random.choice(usable)
+
+    @staticmethod
+    def _why_not(node: NodeState, model: str) -> str:
+        if node.refusal is not None:
+            return node.refusal.reason.value
+        if node.attestation is None:
+            return "not attested"
+        return f"serves {node.attestation.model}, not {model}"
 
     def _seal(
         self, node: NodeState, request: ChatRequest, model: str
@@ -439,12 +453,12 @@ class PrivateNodeProvider(Provider):
             self._refuse(node, Refused(reason, f"the node answered {code}"))
             self._wake.set()
             return UpstreamUnavailable(
-                f"node {node.url} of {self.name} refused the sealed request ({code})",
+                f"{node.label} of {self.name} refused the sealed request ({code})",
                 code="node_refused",
             )
         if resp.status == 401:
             return UpstreamError(
-                f"node {node.url} of {self.name} refused Veil's token (HTTP 401)",
+                f"{node.label} of {self.name} refused Veil's token (HTTP 401)",
                 code="upstream_auth",
             )
         return self._http.status_error(resp.status, resp.headers, b"")
@@ -458,10 +472,10 @@ class PrivateNodeProvider(Provider):
     def _bad_reply(self, node: NodeState, e: EnvelopeError) -> UpstreamError:
         self._refuse(node, Refused(Reason.BAD_RESPONSE, str(e)))
         self._wake.set()
-        return UpstreamError(f"node {node.url} of {self.name}: {e}", code="bad_response")
+        return UpstreamError(f"{node.label} of {self.name}: {e}", code="bad_response")
 
     async def complete(self, request: ChatRequest, model: str) -> Completion:
-        node = self._pick()
+        node = self._pick(model)
         body, opener = self._seal(node, request, model)
         async with self._post(node, body) as resp:
             raw = await resp.read()
@@ -472,17 +486,17 @@ class PrivateNodeProvider(Provider):
             raise self._bad_reply(node, e) from None
         final = messages[-1]
         if "error" in final:
-            raise _node_error(node.url, final["error"])
+            raise _node_error(f"{node.label} of {self.name}", final["error"])
         completion = final.get("completion")
         if not isinstance(completion, dict) or not isinstance(completion.get("choices"), list):
-            raise UpstreamError(f"node {node.url} of {self.name} answered without choices")
+            raise UpstreamError(f"{node.label} of {self.name} answered without choices")
         assert node.attestation is not None
         return Completion(completion, _usage(final.get("usage")), node.attestation.measurement)
 
     async def stream(
         self, request: ChatRequest, model: str, state: StreamState
     ) -> AsyncIterator[dict[str, Any]]:
-        node = self._pick()
+        node = self._pick(model)
         assert node.attestation is not None
         state.served_by = node.attestation.measurement
         body, opener = self._seal(node, request, model)
@@ -495,7 +509,7 @@ class PrivateNodeProvider(Provider):
                             if isinstance(chunk, dict) and chunk.get("choices"):
                                 yield chunk
                         elif "error" in message:
-                            raise _node_error(node.url, message["error"])
+                            raise _node_error(f"{node.label} of {self.name}", message["error"])
                         elif message.get("end"):
                             state.usage = _usage(message.get("usage"))
             except (TimeoutError, aiohttp.ClientError) as exc:
@@ -520,12 +534,13 @@ def _usage(data: Any) -> Usage:
     return Usage(prompt, completion, method if method in _METHODS else "reported")
 
 
-def _node_error(url: str, error: Any) -> VeilError:
-    """The error a node sealed into its reply, as the same kind of error here."""
+def _node_error(node: str, error: Any) -> VeilError:
+    """The error a node sealed into its reply, as the same kind of error here. Its message
+    is the node's own (Veil's, measured code: never content), cut to 300 characters."""
     if not isinstance(error, dict):
-        return UpstreamError(f"node {url} reported a malformed error")
+        return UpstreamError(f"{node} reported a malformed error")
     status = error.get("status") if isinstance(error.get("status"), int) else 500
-    message = f"node {url}: " + str(error.get("message") or "failed")[:300]
+    message = f"{node}: " + str(error.get("message") or "failed")[:300]
     code = error.get("code") if isinstance(error.get("code"), str) else None
     retry = error.get("retry_after")
     retry_after = float(retry) if isinstance(retry, int | float) else None
