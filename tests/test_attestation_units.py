@@ -604,3 +604,19 @@ def test_a_nodes_usage_is_read_leniently() -> None:
     ]
     for data in bad:
         assert _usage(data) == Usage(method="missing")
+
+
+def test_the_replay_cache_forgets_oldest_first_once_a_replay_would_be_stale() -> None:
+    who = NodeIdentity("veil-node", "echo-1", MEASUREMENT, Ed25519PrivateKey.generate())
+    node = Node(who, RecordingProvider(), "echo", max_skew=10)
+    now = int(time.time() * 1000)
+    # Opened 25 s and 15 s ago: with a 10 s window, a replay of the first is stale anyway
+    # (it was issued at most 35 s ago), of the second not yet.
+    node._seen[b"old"] = now - 25_000
+    node._seen[b"recent"] = now - 15_000
+    assert node._fresh(now, b"new") is None
+    assert list(node._seen) == [b"recent", b"new"]
+    assert node._fresh(now, b"recent") == "replayed"
+    assert node._fresh(now, b"new") == "replayed"
+    assert node._fresh(now - 11_000, b"late") == "stale"
+    assert b"late" not in node._seen

@@ -249,7 +249,7 @@ def test_a_period_includes_its_last_millisecond_not_the_next_midnight(engine: En
 def expected_usage(rows: Iterator[dict[str, Any]], by: str) -> dict[str | None, tuple[int, ...]]:
     groups: dict[str | None, list[int]] = defaultdict(lambda: [0] * 6)
     for r in rows:
-        g = groups[r[by]]
+        g = groups[r.get(by)]
         g[0] += 1
         g[1] += r["status"] >= 400
         g[2] += r["prompt_tokens"]

@@ -29,6 +29,7 @@ import hashlib
 import hmac
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -94,7 +95,8 @@ class Node:
         #: one before it, so a request sealed just before a re-issue still opens.
         self._documents: dict[str, tuple[SignedAttestation, Attestation, bytes]] = {}
         self._current: SignedAttestation | None = None
-        self._seen: dict[bytes, int] = {}
+        #: Digests of the requests opened, oldest first, with when they were opened.
+        self._seen: OrderedDict[bytes, int] = OrderedDict()
         self.served = 0
         self.refused: dict[str, int] = {}
 
@@ -150,12 +152,18 @@ class Node:
         now = _now_ms()
         if abs(now - issued_ms) > self._skew_ms:
             return "stale"
-        horizon = now - self._skew_ms
-        if len(self._seen) > 4096:
-            self._seen = {t: at for t, at in self._seen.items() if at >= horizon}
-        if tag in self._seen:
+        # A request opened at t had issued_ms within the window of t, so a replay of it is
+        # stale from t + 2 windows on: only digests younger than that need keeping. Oldest
+        # first, so forgetting costs O(1) per request however busy the node is.
+        seen, horizon = self._seen, now - 2 * self._skew_ms
+        while seen:
+            oldest, opened = next(iter(seen.items()))
+            if opened >= horizon:
+                break
+            del seen[oldest]
+        if tag in seen:
             return "replayed"
-        self._seen[tag] = issued_ms
+        seen[tag] = now
         return None
 
     async def chat(self, request: Request) -> Response:
