@@ -17,7 +17,7 @@ Three routes and nothing else — no admin, debug or shell interface:
 
 Stateless: the node writes no file. Requests, answers and keys live in memory for as long
 as they are used; logs carry counts and error codes, never content; the replay cache holds
-digests of ciphertexts for the clock window only. Requests carry no user identity: the
+digests of ciphertexts for two clock windows only. Requests carry no user identity: the
 gateway sends none, and the node drops ``user``, ``metadata`` and ``safety_identifier``
 should any arrive.
 """
