@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import json
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -82,6 +84,19 @@ class Children:
     ) -> None:
         for proc in reversed(list(self._procs)):
             self.stop(proc)
+
+
+def finish(
+    results: dict[str, Any], problems: list[str], json_path: str | None, started: float
+) -> int:
+    """End a benchmark run: write ``results`` as JSON if asked, print the total time and
+    each problem; the exit code is 1 if anything could not be measured."""
+    if json_path:
+        Path(json_path).write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\ntotal time {time.monotonic() - started:.0f} s")
+    for problem in problems:
+        print(f"\nFAILED: {problem}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from _device import PROMPT, Run, bundled_model, veil_stream
-from _procs import BenchError, Children, free_port, wait_ready
+from _procs import BenchError, Children, finish, free_port, wait_ready
 
 HERE = Path(__file__).resolve().parent
 CONCURRENCY = (1, 32)
@@ -113,12 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BenchError as exc:
         problems.append(str(exc))
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\ntotal time {time.monotonic() - started:.0f} s")
-    for problem in problems:
-        print(f"\nFAILED: {problem}", file=sys.stderr)
-    return 1 if problems else 0
+    return finish(results, problems, args.json, started)
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:

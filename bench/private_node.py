@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import http.client
-import json
 import math
 import os
 import secrets
@@ -52,7 +51,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from _device import bundled_model
 from _nodes import NodeThread, Service, Stack, settle
-from _procs import BenchError, Children, free_port
+from _procs import BenchError, Children, finish, free_port
 from veil.attestation.document import identity_hex
 from veil.attestation.envelope import open_request
 from veil.chat import ChatRequest
@@ -155,12 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BenchError as exc:
         problems.append(str(exc))
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\ntotal time {time.monotonic() - started:.0f} s")
-    for problem in problems:
-        print(f"\nFAILED: {problem}", file=sys.stderr)
-    return 1 if problems else 0
+    return finish(results, problems, args.json, started)
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -89,18 +89,30 @@ class ServerConfig(_Strict):
     access_log: bool = False
 
     def is_loopback(self) -> bool:
-        if self.host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            return False
+        return loopback_host(self.host)
 
 
 class DatabaseConfig(_Strict):
     #: SQLAlchemy URL; default ``sqlite:///$VEIL_HOME/veil.db``. May be ``env:VAR`` (a
     #: PostgreSQL URL holds a password).
     url: Annotated[str | None, BeforeValidator(_resolve_secret)] = None
+
+
+def loopback_host(host: str) -> bool:
+    """``localhost`` or a loopback IP address (a name is never resolved)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def http_url(value: str) -> str:
+    """An http(s) URL without its trailing slash; ``ValueError`` otherwise."""
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("must start with http:// or https://")
+    return value.rstrip("/")
 
 
 class Timeouts(_Strict):
@@ -148,12 +160,7 @@ class RemoteProviderConfig(ProviderIdentity):
     #: Send partners a per-partner salted pseudonym of the user (else no user at all).
     send_user_pseudonym: bool = False
 
-    @field_validator("base_url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value.rstrip("/")
+    _http_url = field_validator("base_url")(lambda cls, value: http_url(value))
 
 
 class OpenAICompatibleProviderConfig(RemoteProviderConfig):
@@ -230,12 +237,7 @@ class TransparencyLogConfig(_Strict):
     #: The log's Ed25519 public key (``log_key.pub``), hex; may be ``env:VAR``.
     public_key: PublicKeyHex
 
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value.rstrip("/")
+    _http_url = field_validator("url")(lambda cls, value: http_url(value))
 
 
 class PrivateNodeProviderConfig(ProviderIdentity):
@@ -750,13 +752,7 @@ def _cross_check(config: Config) -> Iterator[tuple[tuple[Any, ...], str]]:
 def _loopback_url(url: str) -> bool:
     from urllib.parse import urlsplit
 
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return loopback_host(urlsplit(url).hostname or "")
 
 
 def _problem(file: str, root: yaml.Node | None, loc: tuple[Any, ...], msg: str) -> ConfigProblem:

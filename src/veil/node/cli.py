@@ -8,7 +8,6 @@ once and the operator enrolls the printed public key in the gateway's ``identity
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 from pathlib import Path
@@ -18,6 +17,8 @@ from urllib.parse import urlsplit
 import typer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from rich.console import Console
+
+from veil.config import loopback_host
 
 node_app = typer.Typer(help="Private compute nodes: attested, sealed, stateless.")
 out = Console(highlight=False, soft_wrap=True)
@@ -60,15 +61,6 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
-def _loopback_host(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 class _Setup:
     """What ``--model``/``--upstream`` decide: the measured config, the model to hash, and
     how to build the provider."""
@@ -89,7 +81,7 @@ class _Setup:
             parts = urlsplit(self.upstream)
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise _fail(f"--upstream must be an http(s) URL, not {upstream!r}")
-            if not _loopback_host(parts.hostname):
+            if not loopback_host(parts.hostname):
                 raise _fail(
                     "--upstream must be on this host (a loopback address): a node never "
                     f"sends a request to another machine, and {parts.hostname} is not loopback"
@@ -242,7 +234,7 @@ def serve(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     token = os.environ.get(TOKEN_ENV) or None
-    if token is None and not _loopback_host(host):
+    if token is None and not loopback_host(host):
         raise _fail(
             f"{host} is not a loopback address: set {TOKEN_ENV} so only the gateway may "
             "send requests"
