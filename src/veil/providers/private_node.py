@@ -404,7 +404,8 @@ class PrivateNodeProvider(Provider):
                 self._wake.set()
         if not usable:
             reasons = "; ".join(f"{n.label}: {self._why_not(n, model)}" for n in self.nodes)
-            self._wake.set()
+            if any(n.refusal is not None or n.attestation is None for n in self.nodes):
+                self._wake.set()  # check again now: a node may be back
             raise UpstreamUnavailable(
                 f"provider {self.name} has no attested node ({reasons})",
                 code="node_not_attested",
