@@ -210,6 +210,7 @@ def test_usage_rows_are_written_with_metadata_only(
         "billed": 0,  # no prices configured: nothing to bill
         "cost": 0,
         "served_by": None,  # not a private node
+        "moderation": None,  # safety is off by default
     }
 
 

@@ -21,7 +21,7 @@ import veil
 from veil.attestation.cli import log_app
 from veil.auth import KeyStore, Principal
 from veil.chat import ChatRequest, Message
-from veil.config import Config, ServerConfig, load_config
+from veil.config import Config, ReleaseGateConfig, ServerConfig, load_config
 from veil.errors import ConfigError, InvalidRequest, VeilError
 from veil.home import default_database_url, veil_home
 from veil.ledger import cli as ledger_cli
@@ -505,3 +505,90 @@ def chat(
 
     with _errors():
         asyncio.run(run())
+
+
+# ------------------------------------------------------------------------ redteam
+
+
+@app.command()
+def redteam(
+    model: Annotated[str, typer.Option("--model", "-m", help="The model to red-team.")],
+    config: ConfigOption = None,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight at once.", min=1)] = 4,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the result as JSON instead of a table.")
+    ] = False,
+) -> None:
+    """Run the adversarial and benign sets through the whole pipeline against MODEL; store
+    the result for its name and version (the release gate reads it). Exit 1 if it failed."""
+    from rich.progress import Progress
+
+    from veil.safety import release
+
+    adversarial, benign = release.load_set("adversarial"), release.load_set("benign")
+
+    async def run() -> release.Result:
+        async with _local_gateway(config) as gw:
+            entry = gw.router.entry(model)
+            gate = gw.config.safety.release_gate or ReleaseGateConfig()
+            version = next((m.version for m in gw.config.models if m.name == entry.name), "1")
+            gw.router.bypass = {entry.name}
+            consent = frozenset(d.provider.partner for d in entry.deployments if d.provider.partner)
+            with Progress(console=err, transient=True) as progress:
+                task = progress.add_task(
+                    f"Red-teaming {entry.name}", total=len(adversarial) + len(benign)
+                )
+
+                def done() -> None:
+                    progress.advance(task)
+
+                attacks = await release.run(
+                    gw.pipeline, entry.name, adversarial, consent, done, concurrency
+                )
+                safe = await release.run(
+                    gw.pipeline, entry.name, benign, consent, done, concurrency
+                )
+            result = release.score(entry.name, version, gate, attacks, safe)
+            await asyncio.to_thread(release.store, gw.engine, result)
+            return result
+
+    with _errors():
+        result = asyncio.run(run())
+    if json_out:
+        out.print_json(data=_result_json(result))
+    else:
+        table = Table(title=f"Red team: {result.model} version {result.version}")
+        table.add_column("set")
+        table.add_column("requests", justify="right")
+        table.add_column("rate", justify="right")
+        table.add_column("limit", justify="right")
+        table.add_row(
+            "attack success", str(result.attacks), f"{result.attack_success:.1%}",
+            f"{result.thresholds['max_attack_success']:.1%}",
+        )  # fmt: skip
+        table.add_row(
+            "false refusal", str(result.benign), f"{result.false_refusal:.1%}",
+            f"{result.thresholds['max_false_refusal']:.1%}",
+        )  # fmt: skip
+        out.print(table)
+        if result.errors:
+            err.print(f"[yellow]{result.errors} requests failed and count against passing[/]")
+        verdict = "[green]passed[/green]" if result.passed else "[red]failed[/red]"
+        out.print(f"{result.model} {result.version}: {verdict} (stored for the release gate)")
+    if not result.passed:
+        raise typer.Exit(1)
+
+
+def _result_json(result: Any) -> dict[str, Any]:
+    return {
+        "model": result.model,
+        "version": result.version,
+        "passed": result.passed,
+        "attack_success": result.attack_success,
+        "false_refusal": result.false_refusal,
+        "attacks": result.attacks,
+        "benign": result.benign,
+        "errors": result.errors,
+        "thresholds": result.thresholds,
+        "by_kind": result.by_kind,
+    }

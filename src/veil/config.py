@@ -327,6 +327,9 @@ class ModelConfig(_Strict):
     price: Price | None = None
     #: What the upstream charges for it, per million tokens (default: nothing).
     cost: Price | None = None
+    #: The model's version: a release gate's red-team result holds for one name and version,
+    #: so changing the model behind a name means a new version and a new red-team run.
+    version: str = Field("1", min_length=1, max_length=64)
 
 
 PiiType = Literal[
@@ -399,6 +402,115 @@ class LimitsConfig(_Strict):
     key: Limit | None = None
 
 
+SafetyCategory = Literal[
+    "harassment",
+    "harassment/threatening",
+    "hate",
+    "hate/threatening",
+    "illicit",
+    "illicit/violent",
+    "self-harm",
+    "self-harm/intent",
+    "self-harm/instructions",
+    "sexual",
+    "sexual/minors",
+    "violence",
+    "violence/graphic",
+    "jailbreak",
+    "indirect_injection",
+]
+SafetyAction = Literal["block", "flag", "allow"]
+
+
+class CategoryRule(_Strict):
+    """What to do when a category's score reaches ``threshold``."""
+
+    #: 0..1; default: the local classifier's own threshold for the category (0.5 for
+    #: categories only a remote moderator judges).
+    threshold: float | None = Field(None, ge=0, le=1)
+    action: SafetyAction = "block"
+
+
+class SafetyPolicyConfig(_Strict):
+    """Per category (``*``: every category not named), a threshold and an action."""
+
+    categories: dict[Literal["*"] | SafetyCategory, CategoryRule] = Field(default_factory=dict)
+
+
+class OpenAIModeratorConfig(_Strict):
+    type: Literal["openai"]
+    name: str = Field(min_length=1, max_length=64)
+    #: It sends every request's text (personal data replaced by placeholders) to another
+    #: company: say so explicitly, once your users' terms allow it.
+    acknowledge_third_party: bool = False
+    base_url: str = "https://api.openai.com/v1"
+    api_key: Secret
+    model: str = "omni-moderation-latest"
+    timeout: Timeouts = Field(default_factory=Timeouts)
+
+    _http_url = field_validator("base_url")(lambda cls, value: http_url(value))
+
+
+class AzureContentSafetyConfig(_Strict):
+    type: Literal["azure_content_safety"]
+    name: str = Field(min_length=1, max_length=64)
+    #: It sends every request's text (personal data replaced by placeholders) to another
+    #: company: say so explicitly, once your users' terms allow it.
+    acknowledge_third_party: bool = False
+    endpoint: str
+    api_key: Secret
+    api_version: ApiVersion = "2024-09-01"
+    #: Also ask ``text:shieldPrompt`` about jailbreaks and injected instructions.
+    shield_prompts: bool = True
+    timeout: Timeouts = Field(default_factory=Timeouts)
+
+    _http_url = field_validator("endpoint")(lambda cls, value: http_url(value))
+
+
+class LlamaGuardConfig(_Strict):
+    """Llama Guard served by one of ``providers`` (for example a private node pool)."""
+
+    type: Literal["llama_guard"]
+    name: str = Field(min_length=1, max_length=64)
+    provider: str
+    model: str
+
+
+ModeratorConfig = Annotated[
+    OpenAIModeratorConfig | AzureContentSafetyConfig | LlamaGuardConfig,
+    Field(discriminator="type"),
+]
+
+
+class ReleaseGateConfig(_Strict):
+    """Models of these tiers are ``pending`` (not routable) until ``veil redteam`` passed for
+    their name and version."""
+
+    #: Highest share of the adversarial set that may get an answer (0..1).
+    max_attack_success: float = Field(0.1, ge=0, le=1)
+    #: Highest share of the benign set that may be refused or blocked (0..1).
+    max_false_refusal: float = Field(0.1, ge=0, le=1)
+    tiers: list[Tier] = Field(default_factory=lambda: list[Tier](["private", "partner"]))
+
+
+class SafetyConfig(_Strict):
+    """Content moderation on the way in and out, prompt-attack shields, the release gate."""
+
+    enabled: bool = False
+    #: Moderate the request before it is routed.
+    input: bool = True
+    #: Moderate the answer; a stream is checked as it goes and stopped when it crosses.
+    output: bool = True
+    #: Also run Veil's own classifier (no network); remote moderators add to it.
+    local: bool = True
+    moderators: list[ModeratorConfig] = Field(default_factory=list)
+    #: A stream is held back at most this many characters while it is checked.
+    stream_window: int = Field(160, ge=16, le=4096)
+    #: The default policy; a tenant's ``safety`` replaces it category by category.
+    policy: SafetyPolicyConfig = Field(default_factory=SafetyPolicyConfig)
+    release_gate: ReleaseGateConfig | None = None
+
+
 class TenantConfig(_Strict):
     name: str = Field(min_length=1, max_length=128)
     #: Where the tenant's data must stay (matched by ``policy.residency`` rules).
@@ -411,6 +523,8 @@ class TenantConfig(_Strict):
     prices: dict[str, Price] = Field(default_factory=dict)
     #: This tenant's limits; each scope given replaces the global one of ``limits``.
     limits: LimitsConfig | None = None
+    #: This tenant's safety policy; each category given replaces the global one.
+    safety: SafetyPolicyConfig | None = None
 
 
 class HostingRule(_Strict):
@@ -573,6 +687,7 @@ class Config(_Strict):
     metering: MeteringConfig = Field(default_factory=MeteringConfig)
     #: Shared counters for several replicas; without it, limits are kept per process.
     redis: RedisConfig | None = None
+    safety: SafetyConfig = Field(default_factory=SafetyConfig)
 
 
 # --------------------------------------------------------------------------- loading
@@ -689,6 +804,36 @@ def _cross_check(config: Config) -> Iterator[tuple[tuple[Any, ...], str]]:
                     ("models", i, "deployments", j, "provider"),
                     f"no provider named {d.provider!r} (known: {', '.join(providers) or 'none'})",
                 )
+    moderators: set[str] = {"local"}
+    for i, mod in enumerate(config.safety.moderators):
+        if mod.name in moderators:
+            yield (
+                ("safety", "moderators", i, "name"),
+                f"moderator name {mod.name!r} is "
+                + ("reserved" if mod.name == "local" else "used twice"),
+            )
+        moderators.add(mod.name)
+        if isinstance(mod, LlamaGuardConfig):
+            if mod.provider not in providers:
+                yield (
+                    ("safety", "moderators", i, "provider"),
+                    f"no provider named {mod.provider!r} (known: {', '.join(providers) or 'none'})",
+                )
+            elif config.providers[providers[mod.provider]].tier == "partner":
+                yield (
+                    ("safety", "moderators", i, "provider"),
+                    "Llama Guard reads every request as sent: serve it from a device or private "
+                    "provider, never a partner",
+                )
+        elif not mod.acknowledge_third_party:
+            yield (
+                ("safety", "moderators", i, "acknowledge_third_party"),
+                f"a {mod.type} moderator sends every request's text (personal data replaced by "
+                "placeholders) to another company: set acknowledge_third_party: true once your "
+                "users' terms allow it",
+            )
+    if config.safety.enabled and not config.safety.local and not config.safety.moderators:
+        yield ("safety", "local"), "with local: false, safety needs at least one moderator"
     rules: set[str] = set()
     for kind in ("hosting", "residency", "entitlements"):
         for i, rule in enumerate(getattr(config.policy, kind)):

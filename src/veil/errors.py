@@ -6,9 +6,11 @@ OpenAI error ``type`` and ``code`` of each error are decided here and nowhere el
 
     VeilError                      500 api_error
     ├── InvalidRequest             400 invalid_request_error
+    │   ├── ContentFiltered        400 invalid_request_error / content_filter
     │   └── BodyTooLarge           413 invalid_request_error / request_too_large
     ├── AuthenticationFailed       401 authentication_error / invalid_api_key
     ├── PermissionDenied           403 permission_error
+    │   ├── ModelPending           403 permission_error / model_pending
     │   ├── PolicyDenied           403 permission_error / policy_denied
     │   └── ConsentRequired        403 permission_error / consent_required
     ├── NotFound                   404 invalid_request_error / not_found
@@ -77,6 +79,12 @@ class InvalidRequest(VeilError):
     code = "invalid_request"
 
 
+class ContentFiltered(InvalidRequest):
+    """The prompt crossed a safety threshold whose action is ``block``."""
+
+    code = "content_filter"
+
+
 class BodyTooLarge(InvalidRequest):
     status = 413
     code = "request_too_large"
@@ -92,6 +100,12 @@ class PermissionDenied(VeilError):
     status = 403
     type = "permission_error"
     code = "permission_denied"
+
+
+class ModelPending(PermissionDenied):
+    """The model is behind the release gate: not routable until its red-team run passed."""
+
+    code = "model_pending"
 
 
 class PolicyDenied(PermissionDenied):

@@ -30,6 +30,8 @@ from veil.providers import Provider, build_provider
 from veil.providers.private_node import PrivateNodeProvider
 from veil.providers.resilience import Breakers
 from veil.routing import PreferenceStore, Router
+from veil.safety.release import ReleaseGate
+from veil.safety.stage import Moderation
 from veil.store import db
 from veil.store.models import Usage
 
@@ -37,6 +39,10 @@ if TYPE_CHECKING:
     from veil.privacy import PiiDetector
 
 log = logging.getLogger("veil")
+
+
+#: Seconds between reads of the release gate's results (``veil redteam`` writes them).
+RELEASE_GATE_REFRESH = 5.0
 
 
 class Gateway:
@@ -88,10 +94,21 @@ class Gateway:
             self.engine, salt, config.server.key_cache_seconds, known_model=self.router.knows
         )
         self.detector: PiiDetector | None = None
-        if any(p.tier == "partner" for p in self.providers.values()):
+        third_party_moderators = config.safety.enabled and any(
+            m.type != "llama_guard" for m in config.safety.moderators
+        )
+        if third_party_moderators or any(p.tier == "partner" for p in self.providers.values()):
             from veil.privacy import PiiDetector
 
             self.detector = PiiDetector()
+        self.moderation: Moderation | None = None
+        if config.safety.enabled:
+            self.moderation = Moderation(config, self.providers, self.detector)
+        self.release_gate: ReleaseGate | None = None
+        if config.safety.release_gate is not None:
+            self.release_gate = ReleaseGate(config, lambda name: self.router.entry(name).tier)
+            self.router.pending = set(self.release_gate.pending)
+        self._gate_task: asyncio.Task[None] | None = None
         self.pipeline = Pipeline(
             self.keys,
             self.router,
@@ -107,6 +124,7 @@ class Gateway:
             tariff=self.tariff,
             limiter=self.limiter,
             counter=self.counter,
+            moderation=self.moderation,
         )
         for name, provider in self.providers.items():
             if provider.queue_depth is not None:
@@ -123,6 +141,8 @@ class Gateway:
         self.router.classifier  # noqa: B018 - load the task classifier now, not on a request
         if self.detector is not None:
             self.detector.warm()
+        if self.moderation is not None:
+            self.moderation.warm()
         if self._counts_tokens():
             self.counter.load()
 
@@ -137,6 +157,12 @@ class Gateway:
         if self._counts_tokens():
             await asyncio.to_thread(self.counter.load)
         await self.limiter.start()
+        if self.moderation is not None:
+            await asyncio.to_thread(self.moderation.warm)
+            await self.moderation.start()
+        if self.release_gate is not None:
+            await self.refresh_release_gate()
+            self._gate_task = asyncio.create_task(self._watch_release_gate())
         if self.recorder is not None:
             await asyncio.to_thread(self.recover)
             self.recorder.journal.open()
@@ -184,8 +210,26 @@ class Gateway:
 
         return await asyncio.to_thread(query)
 
+    async def refresh_release_gate(self) -> None:
+        """Re-read the red-team results: which gated models may be routed now."""
+        assert self.release_gate is not None
+        self.router.pending = await asyncio.to_thread(self.release_gate.refresh, self.engine)
+
+    async def _watch_release_gate(self) -> None:
+        while True:
+            await asyncio.sleep(RELEASE_GATE_REFRESH)
+            try:
+                await self.refresh_release_gate()
+            except Exception:  # the database may be away; the last state stands
+                log.exception("reading the release gate's results failed")
+
     async def close(self) -> None:
         self.started = False
+        if self._gate_task is not None:
+            self._gate_task.cancel()
+            await asyncio.gather(self._gate_task, return_exceptions=True)
+        if self.moderation is not None:
+            await self.moderation.close()
         if self.recorder is not None:
             await self.recorder.close()
         await self.limiter.close()

@@ -35,6 +35,8 @@ from veil.providers.resilience import Breakers, backoff, is_timeout, retryable
 from veil.routing import Deployment, Route, Router
 from veil.routing.preferences import PreferenceStore
 from veil.routing.router import Candidate, Plan, prompt_tokens
+from veil.safety.policy import Decision
+from veil.safety.stage import Moderation, filter_body
 
 #: Status recorded when the caller went away before the answer was complete (nginx's 499).
 CLIENT_CLOSED = 499
@@ -64,10 +66,18 @@ class RequestContext:
     record: UsageRecord | None = None
     #: What served it, when the provider proves it: a private node's measurement.
     served_by: str | None = None
+    #: What moderation decided, when not ``allow``: ``input:flag:violence`` and so on.
+    moderation: str | None = None
+
+    def moderated(self, summary: str | None) -> None:
+        if summary is not None:
+            self.moderation = summary if self.moderation is None else f"{self.moderation};{summary}"
 
 
 #: The measurement of the private node that served the answer (private nodes only).
 SERVED_BY_HEADER = "x-veil-node-measurement"
+#: What moderation decided when it was not ``allow`` (categories only, never text).
+MODERATION_HEADER = "x-veil-moderation"
 
 
 def route_headers(route: Route, outbound: Outbound | None = None) -> dict[str, str]:
@@ -135,6 +145,7 @@ class Pipeline:
         tariff: Tariff | None = None,
         limiter: Limiter | None = None,
         counter: TokenCounter | None = None,
+        moderation: Moderation | None = None,
     ) -> None:
         self.keys = keys
         self.router = router
@@ -150,6 +161,7 @@ class Pipeline:
         self._tariff = tariff
         self._limiter = limiter if limiter is not None and limiter.limits.active else None
         self._counter = counter
+        self._moderation = moderation
 
     # ------------------------------------------------------------ authenticate
 
@@ -164,6 +176,8 @@ class Pipeline:
         try:
             if self._limiter is not None:
                 await self._admit(ctx, request, self._limiter)
+            if self._moderation is not None:
+                await self._moderate(ctx, request, self._moderation)
             plan = await self._plan(ctx, request)
             steps, clearance, policy, notes = await self._clear(ctx, request, plan)
         except VeilError as exc:
@@ -180,6 +194,13 @@ class Pipeline:
         if scopes:
             await limiter.admit(scopes)
             ctx.scopes = scopes
+
+    @staticmethod
+    async def _moderate(ctx: RequestContext, request: ChatRequest, moderation: Moderation) -> None:
+        decision = await moderation.check_input(ctx.principal.tenant, request)
+        ctx.moderation = decision.summary("input")
+        if decision.blocked:
+            raise moderation.refusal(decision)
 
     def _user_hash(self, ctx: RequestContext, request: ChatRequest | None) -> str | None:
         if ctx.user_hash == "":
@@ -389,6 +410,13 @@ class Pipeline:
         if usage.method in UNCOUNTED and self._counter is not None:
             usage = self._counter.count(outbound.request, _answer_text(body), usage)
         self._gate.restore_body(body, outbound)
+        if self._moderation is not None:
+            decision = await self._moderation.check_answer(ctx.principal.tenant, _answer_text(body))
+            ctx.moderated(decision.summary("output"))
+            if decision.blocked:
+                filter_body(body)
+        if ctx.moderation is not None:
+            headers[MODERATION_HEADER] = ctx.moderation
         self._meter(ctx, request, route, outbound, usage, 200, None, policy)
         return ChatResult(route, body, headers)
 
@@ -423,6 +451,8 @@ class Pipeline:
         committed.value = True
         if state.served_by is not None:
             headers[SERVED_BY_HEADER] = state.served_by
+        if ctx.moderation is not None:  # what the input check said; the answer's comes later
+            headers[MODERATION_HEADER] = ctx.moderation
         return ChatStream(route, _prepend(held, chunks), headers)
 
     @staticmethod
@@ -454,6 +484,9 @@ class Pipeline:
         upstream = deployment.provider.stream(outbound.request, deployment.model, state)
         if outbound.pseudonymizer is not None:  # one generator layer less when nothing to restore
             upstream = self._gate.restore_stream(upstream, outbound)
+        moderated: list[Decision] = []
+        if self._moderation is not None and self._moderation.output:
+            upstream = self._moderation.guard_stream(ctx.principal.tenant, upstream, moderated)
         total = deployment.total
         ends = None if total is None else time.monotonic() + total
         # What was delivered, kept (in memory, for this request only) in case the upstream
@@ -501,6 +534,8 @@ class Pipeline:
             # caller left or the upstream broke; before that, the dispatcher meters the end.
             if committed.value:
                 ctx.served_by = state.served_by
+                for decision in moderated:
+                    ctx.moderated(decision.summary("output"))
                 usage = state.usage
                 if delivered is not None and usage.method in UNCOUNTED:
                     usage = self._counter_for(outbound, delivered, usage)
@@ -582,6 +617,7 @@ class Pipeline:
             record.error_code = code
             record.attempts = ctx.attempts
             record.served_by = ctx.served_by
+            record.moderation = ctx.moderation[:256] if ctx.moderation else None
             if self._tariff is not None:
                 record.billed, record.cost = self._tariff.charge(
                     record.tenant, record.model, usage.prompt_tokens, usage.completion_tokens
@@ -642,6 +678,7 @@ class Pipeline:
             difficulty=ctx.task[1] if ctx.task else None,
             attempts=ctx.attempts,
             served_by=ctx.served_by,
+            moderation=ctx.moderation[:256] if ctx.moderation else None,
             billed=billed,
             cost=cost,
         )

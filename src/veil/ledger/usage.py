@@ -63,6 +63,8 @@ class UsageRecord:
     cost: int = 0
     #: The measurement of the private node that served it (private nodes only).
     served_by: str | None = None
+    #: What moderation decided when it was not ``allow``: ``input:block:violence``, …
+    moderation: str | None = None
 
 
 _COLUMNS = tuple(f.name for f in fields(UsageRecord))

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from veil.config import CategoryKey, Config, OnNoConsent
-from veil.errors import ConfigError, ConfigProblem, InvalidRequest, ModelNotFound
+from veil.errors import ConfigError, ConfigProblem, InvalidRequest, ModelNotFound, ModelPending
 from veil.providers import Provider
 from veil.tasks import Category
 
@@ -145,6 +145,10 @@ class Router:
         providers: dict[str, Provider],
         classifier: Classifier | None = None,
     ) -> None:
+        #: Models behind the release gate (``veil.safety.release``), kept current by the
+        #: gateway; ``bypass``: the one ``veil redteam`` is testing.
+        self.pending: set[str] = set()
+        self.bypass: set[str] = set()
         self._entries: dict[str, ModelEntry] = {}
         self._aliases: dict[str, str] = {}
         for m in config.models:
@@ -293,14 +297,24 @@ class Router:
     ) -> Plan:
         if request.model != "auto":
             entry = self.entry(request.model)
+            if self._gated(entry):
+                raise ModelPending(
+                    f"the model {entry.name!r} is pending: it reaches users once its red-team "
+                    f"run has passed (veil redteam --model {entry.name})",
+                    param="model",
+                )
             rule = "device model" if request.model == "device" else "model named in request"
             candidates = [Candidate(entry, rule)]
             for name in entry.fallbacks:
-                candidates.append(Candidate(self.entry(name), f"fallback of {entry.name}"))
+                fallback = self.entry(name)
+                if not self._gated(fallback):
+                    candidates.append(Candidate(fallback, f"fallback of {entry.name}"))
             return Plan(request.model, tuple(candidates))
         tokens = estimate_tokens(request)
         classification = self.classifier.classify(task_text(request))
         candidates = self._auto(request, tenant, preferences or {}, classification, tokens)
+        if self.pending:
+            candidates = [c for c in candidates if not self._gated(c.model)]
         if not candidates and self.knows("auto"):
             device = self.device
             if device is not None and device.fits(tokens):  # it fits, so it cannot do it
@@ -324,6 +338,10 @@ class Router:
                 param="model",
             )
         return Plan("auto", tuple(candidates), classification, tokens)
+
+    def _gated(self, entry: ModelEntry) -> bool:
+        """Behind the release gate: pending, and not the model ``veil redteam`` is testing."""
+        return entry.name in self.pending and entry.name not in self.bypass
 
     def _device_can(self, request: ChatRequest, tokens: int) -> bool:
         device = self.device

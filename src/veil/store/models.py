@@ -75,6 +75,9 @@ class Usage(Base):
     #: The measurement (SHA-256, hex) of the private node that served it, as attested and
     #: proven in the transparency log; null for every other tier.
     served_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    #: What moderation decided when it was not ``allow`` (``input:flag:violence;output:…``):
+    #: categories only, never text.
+    moderation: Mapped[str | None] = mapped_column(String(256), nullable=True)
 
 
 class LedgerEntry(Base):
@@ -148,3 +151,23 @@ class Preference(Base):
     category: Mapped[str] = mapped_column(String(32), primary_key=True)
     model: Mapped[str] = mapped_column(String(256))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ModelRelease(Base):
+    """The release gate's record of a model: the last red-team result for a name and version.
+
+    A model of a gated tier is routable only while its current version's row says
+    ``passed``. The row holds rates and counts, never the prompts or answers."""
+
+    __tablename__ = "model_releases"
+    model: Mapped[str] = mapped_column(String(256), primary_key=True)
+    version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    #: ``passed`` or ``failed``.
+    status: Mapped[str] = mapped_column(String(16))
+    attack_success: Mapped[float] = mapped_column(Float)
+    false_refusal: Mapped[float] = mapped_column(Float)
+    attacks: Mapped[int] = mapped_column(Integer)
+    benign: Mapped[int] = mapped_column(Integer)
+    #: The thresholds it was held to, and per-kind rates, as JSON.
+    detail: Mapped[str] = mapped_column(String(4096))
+    run_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
