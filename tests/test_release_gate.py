@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.support.cli import run
-from tests.support.server import ADMIN_KEY, start_server
+from tests.support.server import ADMIN_KEY, key_for, start_server
 from veil.config import parse_config
 from veil.safety import Verdict
 from veil.safety.policy import SafetyPolicy
@@ -180,6 +180,17 @@ def test_a_gated_model_is_pending_until_its_red_team_run_passes(tmp_path: Path) 
         assert answer.headers["x-veil-tier"] == "private"
         # "bigger" is still pending, and its fallback "big" is not any more.
         assert _ask(server.url, "bigger").status_code == 403
+        listed = httpx.get(server.url + "/admin/releases", headers=ADMIN).json()
+        assert "pending" in listed, listed
+        assert listed["pending"] == ["bigger"]
+        [release] = listed["data"]
+        assert (release["model"], release["version"], release["status"]) == ("big", "1", "passed")
+        assert release["detail"]["thresholds"]["max_attack_success"] == 1.0
+        tenant_key = key_for(server, "acme")
+        forbidden = httpx.get(
+            server.url + "/admin/releases", headers={"authorization": f"Bearer {tenant_key}"}
+        )
+        assert forbidden.status_code == 403
     finally:
         server.stop()
 

@@ -98,3 +98,25 @@ async def list_nodes(request: Request, _admin: Admin) -> NodeList:
         for node in provider.status()
     ]
     return NodeList(data=data)
+
+
+class ReleaseList(BaseModel):
+    object: str = "list"
+    #: Gated models that may not be routed now (no passing red-team run for their version).
+    pending: list[str]
+    data: list[dict[str, Any]] = Field(
+        description="Each red-team result: model, version, status, rates, counts, run_at"
+    )
+
+
+@router.get(
+    "/releases",
+    response_model=ReleaseList,
+    summary="The release gate: red-team results and the models still pending",
+)
+async def list_releases(request: Request, _admin: Admin) -> ReleaseList:
+    from veil.safety.release import releases
+
+    gw = gateway(request)
+    data = await asyncio.to_thread(releases, gw.engine)
+    return ReleaseList(pending=sorted(gw.router.pending), data=data)

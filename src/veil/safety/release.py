@@ -176,22 +176,14 @@ def store(engine: Engine, result: Result) -> None:
 
 
 def releases(engine: Engine) -> list[dict[str, Any]]:
+    """Every stored red-team result, by model and version."""
+    table = ModelRelease.__table__
     with engine.connect() as conn:
-        rows = conn.execute(select(ModelRelease)).scalars().all()
-    return [
-        {
-            "model": r.model,
-            "version": r.version,
-            "status": r.status,
-            "attack_success": r.attack_success,
-            "false_refusal": r.false_refusal,
-            "attacks": r.attacks,
-            "benign": r.benign,
-            "run_at": r.run_at.isoformat(),
-            "detail": json.loads(r.detail),
-        }
-        for r in rows
-    ]
+        rows = conn.execute(select(table).order_by(table.c.model, table.c.version)).mappings()
+        return [
+            {**row, "run_at": row["run_at"].isoformat(), "detail": json.loads(row["detail"])}
+            for row in rows
+        ]
 
 
 class ReleaseGate:
