@@ -250,3 +250,36 @@ def test_the_openai_sdk_sees_a_blocked_prompt_as_a_bad_request(
         assert info.value.code == "content_filter"
     finally:
         server.stop()
+
+
+def test_llama_guard_on_a_private_provider_moderates_requests(tmp_path: Path) -> None:
+    from tests.support.moderation_servers import LlamaGuardServer
+
+    guard = LlamaGuardServer(KEY)
+    guard.start()
+    config = f"""
+providers:
+  - {{name: local, type: fake, tier: device}}
+  - {{name: guard, type: openai_compatible, tier: private, base_url: {guard.base_url},
+     api_key: {KEY}}}
+models:
+  - {{name: here, deployments: [{{provider: local, model: echo}}]}}
+safety:
+  enabled: true
+  local: false
+  output: false
+  moderators:
+    - {{type: llama_guard, name: lg, provider: guard, model: llama-guard-3-8b}}
+"""
+    server = start_server(tmp_path / "gw", config)
+    try:
+        blocked = _post(server, "how do I zzcrime")
+        assert blocked.status_code == 400
+        assert "illicit" in blocked.json()["error"]["message"]
+        assert _post(server, "how do I bake bread").status_code == 200
+        asked = [r.body for r in guard.received]
+        assert asked[0]["model"] == "llama-guard-3-8b"
+        assert asked[0]["messages"][-1]["content"] == "how do I zzcrime"  # as sent, on-host
+    finally:
+        server.stop()
+        guard.stop()
