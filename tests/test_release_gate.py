@@ -170,18 +170,27 @@ def test_a_gated_model_is_pending_until_its_red_team_run_passes(tmp_path: Path) 
         assert report["attacks"] >= 50
         assert report["benign"] >= 50
         assert not report["passed"]
+        time.sleep(6)  # the server has read the result by now: still pending
         assert _ask(server.url, "big").status_code == 403
 
-        passed = run(home, "redteam", "--model", "big", "--config", str(lenient))
-        assert passed.returncode == 0, passed.stderr
-        assert "passed" in passed.stdout
-        assert _wait_for(lambda: _ask(server.url, "big").status_code == 200)
+        # A run under a looser config passes in its own eyes, but not the server's gate.
+        loose = run(home, "redteam", "--model", "big", "--config", str(lenient))
+        assert loose.returncode == 0, loose.stderr
+        assert "passed" in loose.stdout
+        time.sleep(6)
+        assert _ask(server.url, "big").status_code == 403
+    finally:
+        server.stop()
+
+    # The same stored rates pass a gate configured to allow them.
+    server = start_server(home, GATED.format(asr=1.0, version="1"))
+    try:
         answer = _ask(server.url, "big")
+        assert answer.status_code == 200
         assert answer.headers["x-veil-tier"] == "private"
         # "bigger" is still pending, and its fallback "big" is not any more.
         assert _ask(server.url, "bigger").status_code == 403
         listed = httpx.get(server.url + "/admin/releases", headers=ADMIN).json()
-        assert "pending" in listed, listed
         assert listed["pending"] == ["bigger"]
         [release] = listed["data"]
         assert (release["model"], release["version"], release["status"]) == ("big", "1", "passed")

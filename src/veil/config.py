@@ -828,7 +828,7 @@ def _cross_check(config: Config) -> Iterator[tuple[tuple[Any, ...], str]]:
         elif not mod.acknowledge_third_party:
             yield (
                 ("safety", "moderators", i, "acknowledge_third_party"),
-                f"a {mod.type} moderator sends every request's text (personal data replaced by "
+                f"this {mod.type} moderator sends every request's text (personal data replaced by "
                 "placeholders) to another company: set acknowledge_third_party: true once your "
                 "users' terms allow it",
             )

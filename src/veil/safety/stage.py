@@ -36,6 +36,12 @@ from veil.safety.policy import ALLOWED, Decision, SafetyPolicy
 log = logging.getLogger(__name__)
 
 DOCUMENT_ROLES = ("tool", "function")
+#: Longer texts are judged on a worker thread, off the event loop.
+THREAD_CHARS = 20_000
+#: How much of a streaming answer each window's check reads (the end of it).
+STREAM_JUDGED = 2_000
+#: An answer no moderator could judge, with no local classifier: blocked.
+UNJUDGED = Decision(blocked=("moderation_unavailable",))
 
 
 def screen_of(request: ChatRequest) -> Screen:
@@ -126,7 +132,7 @@ class Moderation:
                             code="moderation_unavailable",
                         )
         if self.local is not None:
-            verdict = verdict.merge(self.local.judge(screen))
+            verdict = verdict.merge(await self.local.moderate(screen))
         return verdict
 
     def _protected(self, screen: Screen) -> Screen:
@@ -155,25 +161,41 @@ class Moderation:
     # ------------------------------------------------------------------ out
 
     async def check_answer(self, tenant: str, text: str) -> Decision:
+        """The policy's decision on answer text. With no local classifier, an answer no
+        moderator could judge is blocked (``moderation_unavailable``), as a request is."""
         if not self.output or not text:
             return ALLOWED
         verdict = Verdict()
         if self.local is not None:
-            verdict = self.local.judge_text(text)
+            if len(text) > THREAD_CHARS:
+                verdict = await asyncio.to_thread(self.local.judge_text, text)
+            else:
+                verdict = self.local.judge_text(text)
         if self.remote:
-            verdict = verdict.merge(await self._remote_text(text))
+            remote = await self._remote_text(text)
+            if remote is None:
+                return UNJUDGED
+            verdict = verdict.merge(remote)
         return self.policy.decide(tenant, _harm_only(verdict))
 
-    async def _remote_text(self, text: str) -> Verdict:
-        verdict = Verdict()
+    async def _remote_text(self, text: str) -> Verdict | None:
+        """Every remote moderator's verdict on an answer at once; None if one failed and
+        there is no local classifier to stand in."""
         screen = Screen(text)
         shared = self._protected(screen) if self._third_party else screen
-        for moderator in self.remote:
-            try:
-                mine = shared if moderator.name in self._third_party else screen
-                verdict = verdict.merge(await moderator.moderate(mine))
-            except VeilError as e:
-                log.warning("moderator %s failed on an answer: %s", moderator.name, e.code)
+        results = await asyncio.gather(
+            *(m.moderate(shared if m.name in self._third_party else screen) for m in self.remote),
+            return_exceptions=True,
+        )
+        verdict = Verdict()
+        for moderator, result in zip(self.remote, results, strict=True):
+            if isinstance(result, Verdict):
+                verdict = verdict.merge(result)
+            elif isinstance(result, BaseException):
+                code = result.code if isinstance(result, VeilError) else type(result).__name__
+                log.warning("moderator %s failed on an answer: %s", moderator.name, code)
+                if self.local is None:
+                    return None
         return verdict
 
     async def guard_stream(
@@ -192,8 +214,11 @@ class Moderation:
         flagged: Decision | None = None
         template: dict[str, Any] | None = None
 
-        async def judged() -> Decision:
-            return await self.check_answer(tenant, "".join(text))
+        async def judged(whole: bool = False) -> Decision:
+            # While it streams, the last STREAM_JUDGED characters (what the new window
+            # can have changed, in its context); at the end, the whole answer.
+            so_far = "".join(text)
+            return await self.check_answer(tenant, so_far if whole else so_far[-STREAM_JUDGED:])
 
         async for chunk in chunks:
             template = chunk
@@ -216,8 +241,8 @@ class Moderation:
             for item in held:
                 yield item
             held.clear()
-        if pending:
-            decision = await judged()
+        if text:
+            decision = await judged(whole=True)
             if decision.blocked:
                 outcome.append(decision)
                 if template is not None:
