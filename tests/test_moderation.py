@@ -283,3 +283,34 @@ safety:
     finally:
         server.stop()
         guard.stop()
+
+
+def test_the_local_classifier_moderates_without_any_network(tmp_path: Path) -> None:
+    from tests.test_moderations_api import BENIGN, JAILBREAK, VIOLENT
+
+    config = """
+providers:
+  - {name: local, type: fake, tier: device}
+models:
+  - {name: here, deployments: [{provider: local, model: echo}]}
+safety:
+  enabled: true
+  input: true
+  output: false
+"""
+    server = start_server(tmp_path / "gw", config)
+    try:
+        violent = _post(server, VIOLENT)
+        assert violent.status_code == 400
+        assert "violence" in violent.json()["error"]["message"]
+        jailbreak = _post(server, JAILBREAK)
+        assert jailbreak.status_code == 400
+        assert "jailbreak" in jailbreak.json()["error"]["message"]
+        benign = _post(server, BENIGN)
+        assert benign.status_code == 200
+        assert "x-veil-moderation" not in benign.headers
+        assert usage_row(server, violent.headers["x-request-id"])["moderation"].startswith(
+            "input:block:"
+        )
+    finally:
+        server.stop()

@@ -32,6 +32,8 @@ from veil.privacy.cli import pii_app
 from veil.routing import PreferenceStore
 from veil.routing.cli import route_app
 from veil.routing.preferences import check_category
+from veil.safety.cli import safety_app
+from veil.safety.moderate_cli import moderate
 from veil.tasks import CATEGORIES
 
 app = typer.Typer(
@@ -56,11 +58,13 @@ app.add_typer(consent_app, name="consent")
 app.add_typer(prefs_app, name="prefs")
 app.add_typer(pii_app, name="pii")
 app.add_typer(route_app, name="route")
+app.add_typer(safety_app, name="safety")
 app.add_typer(ledger_cli.ledger_app, name="ledger")
 app.add_typer(log_app, name="log")
 app.add_typer(node_app, name="node")
 app.command("usage")(ledger_cli.usage)
 app.command("statement")(ledger_cli.statement)
+app.command("moderate")(moderate)
 
 out = Console()
 err = Console(stderr=True, soft_wrap=True)

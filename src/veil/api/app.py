@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp
 
 import veil
-from veil.api import admin, chat, consents, health, preferences, reports
+from veil.api import admin, chat, consents, health, moderations, preferences, reports
 from veil.api import errors as api_errors
 from veil.api.middleware import RequestMiddleware
 from veil.gateway import Gateway
@@ -42,6 +42,7 @@ def create_app(gw: Gateway) -> ASGIApp:
     )
     app.state.gateway = gw
     app.include_router(chat.router)
+    app.include_router(moderations.router)
     app.include_router(consents.router)
     app.include_router(preferences.router)
     app.include_router(admin.router)
