@@ -248,3 +248,12 @@ def test_a_bad_release_gate_is_a_config_error_naming_the_key(bad: str) -> None:
     [problem] = info.value.problems
     assert problem.key.startswith("safety.release_gate.")
     assert problem.line == 3
+
+
+def test_the_config_names_the_same_categories_as_the_safety_package() -> None:
+    from typing import get_args
+
+    from veil.config import SafetyCategory
+    from veil.safety import ALL_CATEGORIES
+
+    assert get_args(SafetyCategory) == ALL_CATEGORIES

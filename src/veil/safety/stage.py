@@ -112,28 +112,34 @@ class Moderation:
     async def judge(self, screen: Screen) -> Verdict:
         verdict = Verdict()
         if self.remote:
-            shared = self._protected(screen) if self._third_party else screen
-            results = await asyncio.gather(
-                *(
-                    m.moderate(shared if m.name in self._third_party else screen)
-                    for m in self.remote
-                ),
-                return_exceptions=True,
-            )
-            for moderator, result in zip(self.remote, results, strict=True):
-                if isinstance(result, Verdict):
-                    verdict = verdict.merge(result)
-                elif isinstance(result, BaseException):
-                    code = result.code if isinstance(result, VeilError) else type(result).__name__
-                    log.warning("moderator %s failed: %s", moderator.name, code)
-                    if self.local is None:
-                        raise UpstreamUnavailable(
-                            f"moderator {moderator.name} could not judge the request",
-                            code="moderation_unavailable",
-                        )
+            remote, failed = await self._remote(screen)
+            if failed is not None and self.local is None:
+                raise UpstreamUnavailable(
+                    f"moderator {failed} could not judge the request",
+                    code="moderation_unavailable",
+                )
+            verdict = remote
         if self.local is not None:
             verdict = verdict.merge(await self.local.moderate(screen))
         return verdict
+
+    async def _remote(self, screen: Screen) -> tuple[Verdict, str | None]:
+        """Every remote moderator's verdict at once (third parties see personal data
+        replaced), and the name of one that failed, if any did (logged, left out)."""
+        shared = self._protected(screen) if self._third_party else screen
+        results = await asyncio.gather(
+            *(m.moderate(shared if m.name in self._third_party else screen) for m in self.remote),
+            return_exceptions=True,
+        )
+        verdict, failed = Verdict(), None
+        for moderator, result in zip(self.remote, results, strict=True):
+            if isinstance(result, Verdict):
+                verdict = verdict.merge(result)
+            elif isinstance(result, BaseException):
+                code = result.code if isinstance(result, VeilError) else type(result).__name__
+                log.warning("moderator %s failed: %s", moderator.name, code)
+                failed = moderator.name
+        return verdict, failed
 
     def _protected(self, screen: Screen) -> Screen:
         """The screen with personal data replaced by placeholders (one map per request)."""
@@ -172,31 +178,11 @@ class Moderation:
             else:
                 verdict = self.local.judge_text(text)
         if self.remote:
-            remote = await self._remote_text(text)
-            if remote is None:
+            remote, failed = await self._remote(Screen(text))
+            if failed is not None and self.local is None:
                 return UNJUDGED
             verdict = verdict.merge(remote)
         return self.policy.decide(tenant, _harm_only(verdict))
-
-    async def _remote_text(self, text: str) -> Verdict | None:
-        """Every remote moderator's verdict on an answer at once; None if one failed and
-        there is no local classifier to stand in."""
-        screen = Screen(text)
-        shared = self._protected(screen) if self._third_party else screen
-        results = await asyncio.gather(
-            *(m.moderate(shared if m.name in self._third_party else screen) for m in self.remote),
-            return_exceptions=True,
-        )
-        verdict = Verdict()
-        for moderator, result in zip(self.remote, results, strict=True):
-            if isinstance(result, Verdict):
-                verdict = verdict.merge(result)
-            elif isinstance(result, BaseException):
-                code = result.code if isinstance(result, VeilError) else type(result).__name__
-                log.warning("moderator %s failed on an answer: %s", moderator.name, code)
-                if self.local is None:
-                    return None
-        return verdict
 
     async def guard_stream(
         self, tenant: str, chunks: AsyncIterator[dict[str, Any]], outcome: list[Decision]
