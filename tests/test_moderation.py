@@ -8,6 +8,7 @@ quality is measured by ``bench/safety.py`` and ``tests/test_safety_classifier.py
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import openai
 import pytest
 
 from tests.support.moderation_servers import ContentSafetyServer, OpenAIModerationServer
+from tests.support.openai_server import OpenAIServer
 from tests.support.partner import client
 from tests.support.server import ADMIN_KEY, VeilServer, key_for, start_server, usage_row
 
@@ -162,6 +164,57 @@ def test_answers_are_filtered_whole_and_streamed(
         assert chunks[-1].choices[0].finish_reason == "stop"
     finally:
         server.stop()
+
+
+def test_streamed_tool_call_arguments_are_judged_like_text(
+    tmp_path: Path, openai_mod: OpenAIModerationServer
+) -> None:
+    """What a model asks a tool to do is part of its answer: a tool call whose arguments
+    cross the threshold is stopped before those arguments are sent."""
+    upstream = OpenAIServer()
+    upstream.start()
+    moderators = f"    - {{type: openai, name: oai, base_url: {openai_mod.base_url}, api_key: {KEY}, acknowledge_third_party: true}}"
+    config = _config(moderators, "  input: false\n").replace(
+        "models:\n",
+        f"  - {{name: tools, type: openai_compatible, tier: private, base_url: {upstream.openai_url}}}\n"
+        "models:\n  - {name: toolish, deployments: [{provider: tools, model: tools-echo}]}\n",
+    )
+    server = start_server(tmp_path / "gw", config)
+    tool = {"type": "function", "function": {"name": "search", "parameters": {"type": "object"}}}
+    try:
+        sdk = client(server)
+        safe_words = " ".join(f"word{i}" for i in range(20))
+        for words, blocked in (
+            (f"{safe_words} zzviolent and more after", True),
+            (safe_words, False),
+        ):
+            stream = sdk.chat.completions.create(
+                model="toolish",
+                messages=[{"role": "user", "content": words}],
+                tools=[tool],  # type: ignore[list-item]
+                stream=True,
+            )
+            chunks = list(stream)
+            arguments = "".join(
+                call.function.arguments or ""
+                for c in chunks
+                if c.choices
+                for call in c.choices[0].delta.tool_calls or ()
+                if call.function
+            )
+            if blocked:
+                assert chunks[-1].choices[0].finish_reason == "content_filter"
+                assert "zzviolent" not in arguments  # held back and never sent
+                assert "after" not in arguments
+            else:
+                assert chunks[-1].choices[0].finish_reason == "tool_calls"
+                assert json.loads(arguments) == {"query": safe_words}
+        # The moderator saw the arguments (the prompt itself was not judged: input: false).
+        judged = [r.body["input"] for r in openai_mod.received]
+        assert any("zzviolent" in str(text) and '"query"' in str(text) for text in judged)
+    finally:
+        server.stop()
+        upstream.stop()
 
 
 def test_azure_content_safety_judges_harm_and_shields_prompts(

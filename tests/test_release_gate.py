@@ -159,6 +159,15 @@ def test_a_gated_model_is_pending_until_its_red_team_run_passes(tmp_path: Path) 
         assert "veil redteam --model big" in pending.json()["error"]["message"]
         # A pending fallback is skipped: "bigger" is pending itself, "big" too.
         assert _ask(server.url, "bigger").status_code == 403
+        # Pending models are not offered: /v1/models leaves them out, retrieving one is 403.
+        models = httpx.get(server.url + "/v1/models", headers=ADMIN).json()["data"]
+        listed_ids = {m["id"] for m in models}
+        assert "big" not in listed_ids
+        assert "bigger" not in listed_ids
+        assert listed_ids  # the rest are still there
+        card = httpx.get(server.url + "/v1/models/big", headers=ADMIN)
+        assert card.status_code == 403
+        assert card.json()["error"]["code"] == "model_pending"
 
         # The echo model answers every attack: with no moderation the run fails.
         failed = run(home, "redteam", "--model", "big", "--config", str(strict), "--json")
@@ -190,6 +199,10 @@ def test_a_gated_model_is_pending_until_its_red_team_run_passes(tmp_path: Path) 
         assert answer.headers["x-veil-tier"] == "private"
         # "bigger" is still pending, and its fallback "big" is not any more.
         assert _ask(server.url, "bigger").status_code == 403
+        models = httpx.get(server.url + "/v1/models", headers=ADMIN).json()["data"]
+        assert "big" in {m["id"] for m in models}
+        assert "bigger" not in {m["id"] for m in models}
+        assert httpx.get(server.url + "/v1/models/big", headers=ADMIN).status_code == 200
         listed = httpx.get(server.url + "/admin/releases", headers=ADMIN).json()
         assert listed["pending"] == ["bigger"]
         [release] = listed["data"]

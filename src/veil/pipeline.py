@@ -36,7 +36,7 @@ from veil.routing import Deployment, Route, Router
 from veil.routing.preferences import PreferenceStore
 from veil.routing.router import Candidate, Plan, prompt_tokens
 from veil.safety.policy import Decision
-from veil.safety.stage import Moderation, filter_body
+from veil.safety.stage import Moderation, answer_pieces, filter_body
 
 #: Status recorded when the caller went away before the answer was complete (nginx's 499).
 CLIENT_CLOSED = 499
@@ -507,7 +507,7 @@ class Pipeline:
                         f"provider {deployment.provider.name} did not finish within {total:g} s"
                     ) from None
                 if delivered is not None:
-                    _collect(chunk, delivered)
+                    delivered.extend(answer_pieces(chunk))
                 yield {**ident, **chunk, "id": ident["id"], "model": ident["model"]}
             status, code = 200, None
             if delivered is not None and state.usage.method in UNCOUNTED:
@@ -687,19 +687,6 @@ class Pipeline:
 def _denied(error: VeilError) -> str | None:
     # A policy refusal's message names the rules; keep that decision with the usage row.
     return f"policy denied: {error.message}" if error.code == "policy_denied" else None
-
-
-def _collect(chunk: dict[str, Any], into: list[str]) -> None:
-    """Append the answer text a chunk carries (content and tool-call arguments)."""
-    for choice in chunk.get("choices") or ():
-        delta = choice.get("delta") or {}
-        content = delta.get("content")
-        if content:
-            into.append(content)
-        for call in delta.get("tool_calls") or ():
-            arguments = (call.get("function") or {}).get("arguments")
-            if arguments:
-                into.append(arguments)
 
 
 def _answer_text(body: dict[str, Any]) -> str:

@@ -12,6 +12,7 @@ request (path, query, headers, body) and holds each side to its documented rules
   on every choice, ``usage: null`` until the usage chunk.
 
 Behaviours: ``ok``, ``echo``, ``tools`` (two tool calls; streamed in argument pieces),
+``tools-echo`` (one tool call whose arguments quote the prompt, streamed a word at a time),
 ``length``, ``content-filter`` (Azure's 400), ``error-<status>``, ``cut`` (the stream
 stops without ``[DONE]``). Error messages quote the prompt, so tests can prove Veil never
 passes an upstream's message on.
@@ -147,16 +148,21 @@ class OpenAIServer(LocalServer):
                 status=400,
             )
         text = f"echo: {prompt}" if behaviour == "echo" else "Hello from upstream."
-        finish = {"length": "length", "tools": "tool_calls"}.get(behaviour, "stop")
+        finish = {"length": "length", "tools": "tool_calls", "tools-echo": "tool_calls"}.get(
+            behaviour, "stop"
+        )
+        calls = TOOL_CALLS
+        if behaviour == "tools-echo":
+            calls = [("call_s", "search", json.dumps({"query": prompt}))]
         if not got.body.get("stream"):
             message: dict[str, Any] = {"role": "assistant", "content": text}
-            if behaviour == "tools":
+            if behaviour.startswith("tools"):
                 message = {
                     "role": "assistant",
                     "content": None,
                     "tool_calls": [
                         {"id": i, "type": "function", "function": {"name": n, "arguments": a}}
-                        for i, n, a in TOOL_CALLS
+                        for i, n, a in calls
                     ],
                 }
             choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": finish}
@@ -174,7 +180,7 @@ class OpenAIServer(LocalServer):
                     {"prompt_index": 0, "content_filter_results": FILTER_RESULTS}
                 ]
             return web.json_response(answer)
-        return await self._stream(request, got, behaviour, text, finish, azure=azure)
+        return await self._stream(request, got, behaviour, text, finish, calls, azure=azure)
 
     async def _stream(
         self,
@@ -183,6 +189,7 @@ class OpenAIServer(LocalServer):
         behaviour: str,
         text: str,
         finish: str,
+        calls: list[tuple[str, str, str]],
         *,
         azure: bool,
     ) -> web.StreamResponse:
@@ -219,13 +226,16 @@ class OpenAIServer(LocalServer):
                     }
                 )
             )
-        if behaviour == "tools":
+        if behaviour.startswith("tools"):
             await resp.write(sse(chunk({"role": "assistant", "content": None})))
-            for index, (call_id, name, args) in enumerate(TOOL_CALLS):
+            for index, (call_id, name, args) in enumerate(calls):
                 head = {"index": index, "id": call_id, "type": "function"}
                 head["function"] = {"name": name, "arguments": ""}
                 await resp.write(sse(chunk({"tool_calls": [head]})))
-                for piece in (args[:7], args[7:]):
+                pieces = [args[:7], args[7:]]
+                if behaviour == "tools-echo":
+                    pieces = [w + " " for w in args.split(" ")[:-1]] + args.split(" ")[-1:]
+                for piece in pieces:
                     more = {"index": index, "function": {"arguments": piece}}
                     await resp.write(sse(chunk({"tool_calls": [more]})))
         else:

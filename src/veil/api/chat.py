@@ -89,7 +89,7 @@ async def _sse(chunks: AsyncIterator[dict[str, Any]], request_id: str) -> AsyncI
 async def list_models(request: Request) -> Response:
     await authenticate(request)
     router_ = gateway(request).router
-    names = [m.name for m in router_.models()] + [a for a in ("auto", "device") if router_.knows(a)]
+    names = [m.name for m in router_.listed()] + [a for a in ("auto", "device") if router_.knows(a)]
     data = [_model_card(router_, name) for name in names]
     return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
 
@@ -107,7 +107,7 @@ def _model_card(router_: Router, name: str) -> dict[str, Any]:
             raise ModelNotFound("no model is configured to serve 'auto'", param="model")
         owner = "veil (routed by task)"
     else:
-        entry = router_.entry(name)
+        entry = router_.released(name)
         owner = entry.owned_by if name == entry.name else f"veil ({entry.name})"
     return {"id": name, "object": "model", "created": 0, "owned_by": owner}
 

@@ -279,6 +279,22 @@ class Router:
             )
         return found
 
+    def released(self, name: str) -> ModelEntry:
+        """The catalog entry for a model users may call: 404 if none, 403 ``model_pending``
+        while it waits behind the release gate."""
+        entry = self.entry(name)
+        if self._gated(entry):
+            raise ModelPending(
+                f"the model {entry.name!r} is pending: it reaches users once its red-team "
+                f"run has passed (veil redteam --model {entry.name})",
+                param="model",
+            )
+        return entry
+
+    def listed(self) -> list[ModelEntry]:
+        """The models users may call now (``GET /v1/models``): pending ones are left out."""
+        return [m for m in self._entries.values() if not self._gated(m)]
+
     def on_no_consent(self, tenant: str) -> OnNoConsent:
         return self._on_no_consent.get(tenant, self._on_no_consent[None])
 
@@ -296,13 +312,7 @@ class Router:
         self, request: ChatRequest, tenant: str, preferences: dict[str, str] | None = None
     ) -> Plan:
         if request.model != "auto":
-            entry = self.entry(request.model)
-            if self._gated(entry):
-                raise ModelPending(
-                    f"the model {entry.name!r} is pending: it reaches users once its red-team "
-                    f"run has passed (veil redteam --model {entry.name})",
-                    param="model",
-                )
+            entry = self.released(request.model)
             rule = "device model" if request.model == "device" else "model named in request"
             candidates = [Candidate(entry, rule)]
             for name in entry.fallbacks:

@@ -209,11 +209,9 @@ class Moderation:
         async for chunk in chunks:
             template = chunk
             held.append(chunk)
-            for choice in chunk.get("choices") or ():
-                content = (choice.get("delta") or {}).get("content")
-                if isinstance(content, str):
-                    text.append(content)
-                    pending += len(content)
+            for piece in answer_pieces(chunk):
+                text.append(piece)
+                pending += len(piece)
             if pending < self.window:
                 continue
             pending = 0
@@ -240,6 +238,22 @@ class Moderation:
             yield item
         if flagged is not None:
             outcome.append(flagged)
+
+
+def answer_pieces(chunk: dict[str, Any]) -> list[str]:
+    """The answer text a streamed chunk carries: content, and tool-call arguments (what a
+    model asks a tool to do is part of its answer, and judged with it)."""
+    pieces: list[str] = []
+    for choice in chunk.get("choices") or ():
+        delta = choice.get("delta") or {}
+        content = delta.get("content")
+        if isinstance(content, str) and content:
+            pieces.append(content)
+        for call in delta.get("tool_calls") or ():
+            arguments = (call.get("function") or {}).get("arguments")
+            if isinstance(arguments, str) and arguments:
+                pieces.append(arguments)
+    return pieces
 
 
 def _harm_only(verdict: Verdict) -> Verdict:
