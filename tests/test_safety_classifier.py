@@ -48,7 +48,7 @@ BENIGN_EMAIL = (
 def test_the_shipped_model_was_trained_on_the_current_data() -> None:
     digest = data_digest(load_examples(), load_benign())
     assert default_moderator().model.data_digest == digest, (
-        "data/safety/prompts or data/routing/prompts changed since "
+        "data/safety/prompts, data/routing/prompts or the word clusters changed since "
         "src/veil/safety/classifier.npz was built: run `veil safety train` and commit it"
     )
 
@@ -65,14 +65,14 @@ def test_held_out_recall_and_false_positive_rate_do_not_regress() -> None:
     report = evaluate(default_moderator(), held)
     assert report.n_unsafe >= 100
     assert report.n_safe >= 50
-    # Measured 0.580 and 0.028 (docs/benchmarks.md); the bounds guard against regressions.
-    assert report.recall >= 0.52, f"recall {report.recall:.3f} on {report.n_unsafe}"
+    # Measured 0.720 and 0.041 (docs/benchmarks.md); the bounds guard against regressions.
+    assert report.recall >= 0.66, f"recall {report.recall:.3f} on {report.n_unsafe}"
     assert report.fpr <= 0.05, f"false-positive rate {report.fpr:.3f} on {report.n_safe}"
 
 
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 7's target (recall 0.85 at FPR 0.05) is not met: held-out recall is 0.58 "
+    reason="issue 7's target (recall 0.85 at FPR 0.05) is not met: held-out recall is 0.72 "
     "(docs/benchmarks.md says why); when it passes, make this a plain test",
 )
 def test_held_out_recall_and_false_positive_rate_meet_the_target() -> None:

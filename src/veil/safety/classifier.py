@@ -39,11 +39,13 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cache, lru_cache
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
 
 from veil.safety import ATTACKS, Screen, Verdict
+from veil.safety.clusters import word_clusters
 
 MODEL_PATH = Path(__file__).with_name("classifier.npz")
 #: A window of text, in tokens (words and punctuation): the user's prompt is read in long
@@ -59,6 +61,8 @@ SCAN_TAIL_CHARS = 16_000
 GRAM_SIZES = (4,)
 GRAM_MIN_WORD = 4
 GRAM_WEIGHT = 0.5
+#: The weight of the word-cluster groups (``veil.safety.clusters``) against words.
+CLUSTER_WEIGHT = 0.5
 #: The weight of a cue (below) present in a window.
 CUE_WEIGHT = 0.5
 #: Texts longer than this are judged in a worker thread, off the event loop.
@@ -142,8 +146,10 @@ def _grams(word: str) -> tuple[str, ...]:
 def features(tokens: Sequence[str]) -> dict[str, float]:
     """The named features of one window and their values.
 
-    Words (``w:``), word pairs (``b:``, the first paired with ``<s>``) and character
-    n-grams (``c:``), each group L2-normalised on its own; each cue present (``k:``); the
+    Words (``w:``), word pairs (``b:``, the first paired with ``<s>``), character
+    n-grams (``c:``), the words' clusters (``s:`` fine, ``S:`` coarse) and pairs of
+    neighbouring coarse clusters (``p:``), each group L2-normalised on its own; each cue
+    present (``k:``); the
     log of the window's length (``d:len``); and a constant (``d:bias``), the intercept.
     """
     words: Counter[str] = Counter(tokens)
@@ -155,6 +161,20 @@ def features(tokens: Sequence[str]) -> dict[str, float]:
     out = _normalised({"w:" + w: float(c) for w, c in words.items()})
     out.update(_normalised({"b:" + a + " " + b: float(c) for (a, b), c in pairs.items()}))
     out.update(_normalised(grams, GRAM_WEIGHT))
+    # Each word's clusters, and pairs of neighbouring coarse clusters: words never seen in
+    # training count as the known words they cluster with (veil.safety.clusters).
+    table = word_clusters()
+    found = [table.get(t) for t in tokens]
+    members: Counter[str] = Counter()
+    for hit in found:
+        if hit is not None:
+            members["s:" + str(hit[0])] += 1
+            members["S:" + str(hit[1])] += 1
+    out.update(_normalised(dict(members), CLUSTER_WEIGHT))
+    cluster_pairs = Counter(
+        f"p:{a[1]} {b[1]}" for a, b in pairwise(found) if a is not None and b is not None
+    )
+    out.update(_normalised(dict(cluster_pairs), CLUSTER_WEIGHT))
     joined = " ".join(tokens)
     for name, pattern in _CUES.items():
         if pattern.search(joined):

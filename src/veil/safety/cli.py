@@ -1,6 +1,7 @@
 """``veil safety``: the local content-safety classifier from the command line.
 
-``train`` rebuilds the shipped classifier from the labeled requests in
+``clusters`` rebuilds the word clusters it reads unseen words by (from the embedding
+model). ``train`` rebuilds the shipped classifier from the labeled requests in
 ``data/safety/prompts`` (and the benign prompts of ``data/routing/prompts``) and reports
 how it does on ``data/safety/heldout``, which it never trains on.
 """
@@ -8,6 +9,8 @@ how it does on ``data/safety/heldout``, which it never trains on.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -26,6 +29,50 @@ from rich.table import Table
 from veil.jsonl import batch_app
 
 safety_app = batch_app("The local content-safety classifier.")
+
+
+@contextmanager
+def _stages(err: Console) -> Iterator[Callable[[str, int, int], None]]:
+    """A progress bar per stage: ``progress(stage, done, total)``."""
+    columns = (TextColumn("{task.description:>16}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, TimeElapsedColumn(), console=err, transient=True) as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done)
+
+        yield progress
+
+
+@safety_app.command()
+def clusters(
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Where to write the table (default: the shipped one)."),
+    ] = None,
+) -> None:
+    """Rebuild the word clusters the classifier reads unseen words by (needs the embedding
+    model's package; then retrain: veil safety train)."""
+    from veil.embeddings.minilm import ModelMissing
+    from veil.safety import clusters as word_clusters
+
+    err = Console(stderr=True, soft_wrap=True)
+    started = time.perf_counter()
+    try:
+        with _stages(err) as progress:
+            rows = word_clusters.build(progress)
+    except ModelMissing as exc:
+        err.print(f"[red]error[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    path = output or word_clusters.CLUSTERS_PATH
+    word_clusters.save(rows, path)
+    err.print(
+        f"wrote {path}: {len(rows)} words in {word_clusters.FINE} and {word_clusters.COARSE} "
+        f"clusters, in {time.perf_counter() - started:.0f} s",
+        highlight=False,
+    )
 
 
 @safety_app.command()
@@ -63,15 +110,7 @@ def train(
     for problem in training.problems(examples):
         err.print(f"[yellow]warning[/yellow] {problem}", highlight=False)
     started = time.perf_counter()
-    columns = (TextColumn("{task.description:>16}"), BarColumn(), MofNCompleteColumn())
-    with Progress(*columns, TimeElapsedColumn(), console=err, transient=True) as bar:
-        tasks: dict[str, TaskID] = {}
-
-        def progress(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done)
-
+    with _stages(err) as progress:
         model = training.train(examples, safe, progress=progress)
     path = output or MODEL_PATH
     model.save(path)
