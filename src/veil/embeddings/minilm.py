@@ -15,7 +15,7 @@ import importlib.util
 import json
 import struct
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from functools import cache
 from pathlib import Path
 
@@ -237,20 +237,27 @@ class MiniLM:
             x = _layer_norm(_gelu(x @ i_w + i_b) @ f_w + f_b + x, n2_w, n2_b)
         return x
 
-    def embed(self, texts: Sequence[str], batch_size: int = 16) -> np.ndarray:
-        """One L2-normalised embedding per text, (len(texts), DIM) float32. Texts of similar
-        length are batched together, so padding costs little."""
-        encoded = [self.tokenizer.encode(t) for t in texts]
-        out = np.zeros((len(texts), DIM), dtype=np.float32)
-        order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
+    def _padded(
+        self, sequences: Sequence[Sequence[int]], batch_size: int
+    ) -> Iterator[tuple[list[int], np.ndarray, np.ndarray]]:
+        """Batches of sequences of similar length (so padding costs little): the positions
+        in ``sequences``, the padded ids, and the mask of real tokens."""
+        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
-            longest = max(len(encoded[i]) for i in chunk)
+            longest = max(len(sequences[i]) for i in chunk)
             ids = np.zeros((len(chunk), longest), dtype=np.intp)
             mask = np.zeros((len(chunk), longest), dtype=bool)
             for row, i in enumerate(chunk):
-                ids[row, : len(encoded[i])] = encoded[i]
-                mask[row, : len(encoded[i])] = True
+                ids[row, : len(sequences[i])] = sequences[i]
+                mask[row, : len(sequences[i])] = True
+            yield chunk, ids, mask
+
+    def embed(self, texts: Sequence[str], batch_size: int = 16) -> np.ndarray:
+        """One L2-normalised embedding per text, (len(texts), DIM) float32."""
+        encoded = [self.tokenizer.encode(t) for t in texts]
+        out = np.zeros((len(texts), DIM), dtype=np.float32)
+        for chunk, ids, mask in self._padded(encoded, batch_size):
             states = self.states(ids, mask)
             summed = (states * mask[:, :, None]).sum(1) / mask.sum(1, keepdims=True)
             norms = np.linalg.norm(summed, axis=1, keepdims=True)
@@ -260,20 +267,13 @@ class MiniLM:
     def word_vectors(self, words: Sequence[str], batch_size: int = 256) -> np.ndarray:
         """Each word read on its own (``[CLS] word [SEP]``): the mean of its pieces' last
         states, (len(words), DIM) float32 — a static vector per word, as model2vec distils."""
-        pieces = [self.tokenizer.word(w) for w in words]
+        tok = self.tokenizer
+        wrapped = [[tok.cls, *tok.word(w), tok.sep] for w in words]
         out = np.zeros((len(words), DIM), dtype=np.float32)
-        order = sorted(range(len(words)), key=lambda i: len(pieces[i]))
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            longest = max(len(pieces[i]) for i in chunk) + 2
-            ids = np.zeros((len(chunk), longest), dtype=np.intp)
-            mask = np.zeros((len(chunk), longest), dtype=bool)
-            inner = np.zeros((len(chunk), longest), dtype=bool)
-            for row, i in enumerate(chunk):
-                n = len(pieces[i])
-                ids[row, : n + 2] = [self.tokenizer.cls, *pieces[i], self.tokenizer.sep]
-                mask[row, : n + 2] = True
-                inner[row, 1 : n + 1] = True
+        for chunk, ids, mask in self._padded(wrapped, batch_size):
+            inner = mask.copy()
+            inner[:, 0] = False  # [CLS]
+            inner[np.arange(len(chunk)), mask.sum(1) - 1] = False  # [SEP]
             states = self.states(ids, mask)
             out[chunk] = (states * inner[:, :, None]).sum(1) / inner.sum(1, keepdims=True)
         return out
