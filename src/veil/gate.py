@@ -36,6 +36,13 @@ class Outbound:
     pseudonymizer: Pseudonymizer | None = None
     #: How consent was given for a partner: ``request`` or ``standing``.
     consent: str | None = None
+    #: False when the request stays on the device (nothing leaves).
+    leaves: bool = True
+
+    @property
+    def bytes_out(self) -> int:
+        """The size of what leaves the device: the request as JSON, after redaction."""
+        return len(self.request.model_dump_json(exclude_none=True)) if self.leaves else 0
 
     @property
     def redactions(self) -> dict[str, int]:
@@ -115,7 +122,7 @@ class Gate:
         """The request as it may leave for this deployment."""
         provider = deployment.provider
         if provider.tier == "device":
-            return Outbound(request)
+            return Outbound(request, leaves=False)
         if provider.tier != "partner":
             return Outbound(request.model_copy(update=_ANONYMOUS))
         if clearance._protected is None:

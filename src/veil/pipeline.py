@@ -681,6 +681,7 @@ class Pipeline:
             moderation=ctx.moderation[:256] if ctx.moderation else None,
             billed=billed,
             cost=cost,
+            bytes_out=outbound.bytes_out if outbound is not None else 0,
         )
 
 

@@ -65,6 +65,8 @@ class UsageRecord:
     served_by: str | None = None
     #: What moderation decided when it was not ``allow``: ``input:block:violence``, …
     moderation: str | None = None
+    #: Bytes of request that left the device (the request as sent, after redaction).
+    bytes_out: int = 0
 
 
 _COLUMNS = tuple(f.name for f in fields(UsageRecord))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, DateTime, Float, Integer, String
+from sqlalchemy import BigInteger, Boolean, DateTime, Float, Index, Integer, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -37,6 +37,8 @@ class Usage(Base):
     """One row per request: who (pseudonymously), where it went, how much, how it ended."""
 
     __tablename__ = "usage"
+    #: The privacy report reads one user's requests by time.
+    __table_args__ = (Index("ix_usage_user_created", "user_hash", "created_at"),)
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     tenant: Mapped[str] = mapped_column(String(128), index=True)
@@ -78,6 +80,8 @@ class Usage(Base):
     #: What moderation decided when it was not ``allow`` (``input:flag:violence;output:…``):
     #: categories only, never text.
     moderation: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    #: Bytes of request that left the device (0 when it was answered on the device).
+    bytes_out: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class LedgerEntry(Base):
