@@ -14,6 +14,7 @@ import veil
 from veil.api import admin, chat, consents, health, moderations, preferences, reports
 from veil.api import errors as api_errors
 from veil.api.middleware import RequestMiddleware
+from veil.dashboard import routes as dashboard
 from veil.gateway import Gateway
 
 
@@ -48,6 +49,7 @@ def create_app(gw: Gateway) -> ASGIApp:
     app.include_router(admin.router)
     app.include_router(reports.router)
     app.include_router(health.router)
+    app.include_router(dashboard.router)
     api_errors.install(app)
 
     def openapi() -> dict[str, Any]:

@@ -35,3 +35,13 @@ def acting_user(principal: Principal, user: str | None, missing: str) -> str:
     if user is None:
         raise InvalidRequest(f"{missing}: name the user, or use a key issued for one", param="user")
     return user
+
+
+def scoped_tenant(principal: Principal, tenant: str | None) -> str | None:
+    """The tenant a report covers: the admin's choice (``None``: every tenant), else the
+    caller's own tenant; a tenant's key naming another tenant is refused, never answered."""
+    if principal.admin:
+        return tenant
+    if tenant is not None and tenant != principal.tenant:
+        raise PermissionDenied("a tenant's key sees its own tenant only", param="tenant")
+    return principal.tenant

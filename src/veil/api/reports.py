@@ -13,9 +13,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
-from veil.api.deps import authenticate, gateway, require_admin
+from veil.api.deps import authenticate, gateway, require_admin, scoped_tenant
 from veil.auth import Principal
-from veil.errors import PermissionDenied
 from veil.ledger import reports
 
 router = APIRouter(prefix="/admin", tags=["reports"])
@@ -93,12 +92,7 @@ async def get_usage(
     ] = "tenant",
     tenant: Annotated[str | None, Query(max_length=128)] = None,
 ) -> UsageOut:
-    if not caller.admin:
-        if tenant is not None and tenant != caller.tenant:
-            raise PermissionDenied(
-                "a tenant's key sees its own tenant's usage only", param="tenant"
-            )
-        tenant = caller.tenant
+    tenant = scoped_tenant(caller, tenant)
     span = reports.parse_period(period)
     gw = gateway(request)
     report = await asyncio.to_thread(reports.usage_report, gw.engine, by, span, tenant)

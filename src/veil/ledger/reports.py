@@ -131,13 +131,13 @@ def _within(column: Any, period: Period | None) -> list[ColumnElement[bool]]:
 # ------------------------------------------------------------------------ exact sums
 
 
-def _split_sum(value: Any) -> tuple[ColumnElement[Any], ColumnElement[Any]]:
+def split_sum(value: Any) -> tuple[ColumnElement[Any], ColumnElement[Any]]:
     """``SUM`` of ``value`` as two parts that cannot overflow; see the module docstring."""
     return func.sum(value // _SPLIT), func.sum(value % _SPLIT)
 
 
-def _join(hi: Any, lo: Any) -> int:
-    """Recombine the parts of ``_split_sum`` (``None``, the sum of no rows, is 0).
+def join_sum(hi: Any, lo: Any) -> int:
+    """Recombine the parts of ``split_sum`` (``None``, the sum of no rows, is 0).
     PostgreSQL sums ``bigint`` as ``numeric``, handed back as an exact ``Decimal``."""
     return int(hi or 0) * _SPLIT + int(lo or 0)
 
@@ -216,8 +216,8 @@ def usage_report(engine: Engine, by: str, period: Period, tenant: str | None = N
     """Requests, errors, tokens and money of the usage rows in ``period``, per value of the
     column ``by`` (one of ``USAGE_GROUPS``); only ``tenant``'s rows when it is given."""
     column = getattr(Usage, check_usage_group(by))
-    billed_hi, billed_lo = _split_sum(Usage.billed)
-    cost_hi, cost_lo = _split_sum(Usage.cost)
+    billed_hi, billed_lo = split_sum(Usage.billed)
+    cost_hi, cost_lo = split_sum(Usage.cost)
     query = (
         select(
             column,
@@ -243,8 +243,8 @@ def usage_report(engine: Engine, by: str, period: Period, tenant: str | None = N
                 int(errors or 0),
                 int(prompt or 0),
                 int(completion or 0),
-                _join(b_hi, b_lo),
-                _join(c_hi, c_lo),
+                join_sum(b_hi, b_lo),
+                join_sum(c_hi, c_lo),
             )
             for group, requests, errors, prompt, completion, b_hi, b_lo, c_hi, c_lo in conn.execute(
                 query
@@ -346,8 +346,8 @@ def statement(engine: Engine, party: str, period: Period) -> Statement:
     (which are the sums of the lines, by construction)."""
     account = account_for(party)
     L = LedgerEntry
-    debit_hi, debit_lo = _split_sum(case((L.amount > 0, L.amount), else_=0))
-    credit_hi, credit_lo = _split_sum(case((L.amount < 0, L.amount), else_=0))
+    debit_hi, debit_lo = split_sum(case((L.amount > 0, L.amount), else_=0))
+    credit_hi, credit_lo = split_sum(case((L.amount < 0, L.amount), else_=0))
     keys = (L.kind, L.contract, L.counterparty, L.model, L.tenant)
     where = [L.account == account, *_within(L.at, period)]
     grouped = (
@@ -364,8 +364,8 @@ def statement(engine: Engine, party: str, period: Period) -> Statement:
                 model,
                 tenant,
                 int(requests),
-                _join(d_hi, d_lo),
-                -_join(c_hi, c_lo),
+                join_sum(d_hi, d_lo),
+                -join_sum(c_hi, c_lo),
             )
             for kind, contract, counterparty, model, tenant, requests, d_hi, d_lo, c_hi, c_lo in (
                 conn.execute(grouped)
@@ -453,13 +453,13 @@ def reconcile(engine: Engine, period: Period | None = None) -> Reconciliation:
     report = Reconciliation(period)
     L, U = LedgerEntry, Usage
     in_ledger = _within(L.at, period)
-    hi, lo = _split_sum(L.amount)
+    hi, lo = split_sum(L.amount)
     with engine.connect() as conn:
         requests, lines, total_hi, total_lo = conn.execute(
             select(func.count(distinct(L.request_id)), func.count(), hi, lo).where(*in_ledger)
         ).one()
         report.requests, report.lines = int(requests), int(lines)
-        report.total = _join(total_hi, total_lo)
+        report.total = join_sum(total_hi, total_lo)
         report.usage_rows = int(
             conn.scalar(select(func.count()).select_from(U).where(*_within(U.created_at, period)))
             or 0
@@ -476,7 +476,7 @@ def reconcile(engine: Engine, period: Period | None = None) -> Reconciliation:
 
 def _unbalanced_query(in_ledger: list[ColumnElement[bool]]) -> Executable:
     L = LedgerEntry
-    hi, lo = _split_sum(L.amount)
+    hi, lo = split_sum(L.amount)
     return (
         select(L.request_id, hi, lo)
         .where(*in_ledger)
@@ -488,7 +488,7 @@ def _unbalanced_query(in_ledger: list[ColumnElement[bool]]) -> Executable:
 
 def _unbalanced(rows: Iterable[Any]) -> Iterator[Problem]:
     for request_id, hi, lo in rows:
-        if total := _join(hi, lo):
+        if total := join_sum(hi, lo):
             yield Problem(
                 "unbalanced_request", request_id, 0, total, "its lines do not sum to zero"
             )
@@ -498,7 +498,7 @@ def _lines_of(*conditions: ColumnElement[bool]) -> tuple[Any, Any]:
     """The split sum of a usage row's ledger lines that meet ``conditions``, as two
     correlated scalar subqueries (found by the ledger's primary key)."""
     L = LedgerEntry
-    hi, lo = _split_sum(L.amount)
+    hi, lo = split_sum(L.amount)
     where = [L.request_id == Usage.id, *conditions]
     return (
         select(hi).where(*where).correlate(Usage).scalar_subquery(),
@@ -541,7 +541,7 @@ def _mismatches(kind: str, rows: Iterable[Any]) -> Iterator[Problem]:
     what = "its tenant's charge lines" if kind == "charge_mismatch" else "its cost lines"
     column = "billed" if kind == "charge_mismatch" else "cost"
     for request_id, expected, hi, lo in rows:
-        actual = _join(hi, lo)
+        actual = join_sum(hi, lo)
         if actual != int(expected):
             yield Problem(
                 kind,

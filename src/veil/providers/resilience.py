@@ -116,6 +116,19 @@ class Breakers:
             self._breakers[key] = breaker
         return breaker
 
+    def states(self) -> list[dict[str, object]]:
+        """Every breaker used so far: its deployment, state, failures and wait (this process's)."""
+        return [
+            {
+                "provider": provider,
+                "model": model,
+                "state": b.state,
+                "failures": b.failures,
+                "retry_after": round(b.retry_after(), 3),
+            }
+            for (provider, model), b in sorted(self._breakers.items())
+        ]
+
 
 def backoff(config: RetryConfig, attempt: int, retry_after: float | None = None) -> float | None:
     """Seconds to wait before retry ``attempt`` (1-based), full jitter; ``None`` when the

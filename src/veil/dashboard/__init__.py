@@ -1,0 +1,1 @@
+"""The transparency dashboard: its page, assets, and the queries behind them."""
