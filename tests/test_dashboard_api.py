@@ -278,3 +278,23 @@ def test_windows_end_on_a_bucket_edge_after_now() -> None:
     assert w.end == datetime(2026, 11, 22, 13, 0, tzinfo=UTC)
     assert w.buckets == 48
     assert w.start < now < w.end
+
+
+def test_metrics_count_by_tier_and_type_and_hold_no_content(stack: Stack) -> None:
+    secret = f"metrics-canary-{uuid.uuid4().hex[:8]}"
+    alice = stack.keys["alice"]
+    assert stack.chat(alice, "gpt-4o", f"{secret} {EMAIL}", consent="openai").status_code == 200
+    assert stack.chat(alice, "big", secret).status_code == 200
+    text = httpx.get(stack.url + "/metrics").text
+    assert 'veil_redactions_total{provider="openai-azure",type="EMAIL_ADDRESS"}' in text
+    for tier, provider, model in (("partner", "openai-azure", "gpt-4o"), ("private", "pcc", "big")):
+        labels = f'model="{model}",provider="{provider}",status="200",tier="{tier}"'
+        assert f"veil_requests_total{{{labels}}}" in text
+        assert (
+            f'veil_tokens_total{{direction="prompt",model="{model}",provider="{provider}",tier="{tier}"}}'
+            in text
+        )
+    assert 'veil_breaker_state{model="echo",provider="pcc"} 0.0' in text
+    assert "veil_request_duration_seconds_bucket" in text
+    for leaked in (secret, EMAIL, "alice", "acme"):
+        assert leaked not in text

@@ -114,6 +114,8 @@ class Breakers:
 
             breaker = Breaker(self._config, notify, self._clock)
             self._breakers[key] = breaker
+            if notify is not None:  # so that /metrics shows closed breakers too
+                notify("closed")
         return breaker
 
     def states(self) -> list[dict[str, object]]:
