@@ -183,7 +183,9 @@ def test_usage_rows_are_written_with_metadata_only(
 
         time.sleep(0.1)
     assert row is not None
-    assert dict(row) | {"created_at": None, "latency_ms": None} == {
+    # A private node is off the device: the request as sent (JSON, identity stripped).
+    assert 60 < row["bytes_out"] < 400
+    assert dict(row) | {"created_at": None, "latency_ms": None, "bytes_out": None} == {
         "id": request_id,
         "created_at": None,
         "tenant": "admin",
@@ -211,6 +213,7 @@ def test_usage_rows_are_written_with_metadata_only(
         "cost": 0,
         "served_by": None,  # not a private node
         "moderation": None,  # safety is off by default
+        "bytes_out": None,
     }
 
 

@@ -657,6 +657,26 @@ class MeteringConfig(_Strict):
     fsync: Literal["interval", "always", "never"] = "interval"
 
 
+class TracingConfig(_Strict):
+    """OpenTelemetry traces over OTLP/HTTP: one span per request and per pipeline stage,
+    metadata only (docs/observability.md)."""
+
+    enabled: bool = False
+    #: The collector's OTLP/HTTP traces endpoint.
+    endpoint: str = "http://127.0.0.1:4318/v1/traces"
+    #: Headers sent to the collector (an API key, say); values may be ``env:VAR`` secrets.
+    headers: dict[str, Secret] = Field(default_factory=dict)
+    service_name: str = Field("veil", min_length=1, max_length=128)
+    #: The share of requests traced (a caller's sampled ``traceparent`` is always followed).
+    sample_ratio: float = Field(1.0, ge=0, le=1)
+    #: Seconds between batched exports.
+    export_interval: float = Field(2.0, gt=0, le=60)
+    #: Seconds an export may take before it is dropped.
+    export_timeout: float = Field(10.0, gt=0, le=120)
+
+    _http_url = field_validator("endpoint")(lambda cls, value: http_url(value))
+
+
 class RedisConfig(_Strict):
     """Where replicas share rate-limit and budget counters."""
 
@@ -688,6 +708,7 @@ class Config(_Strict):
     #: Shared counters for several replicas; without it, limits are kept per process.
     redis: RedisConfig | None = None
     safety: SafetyConfig = Field(default_factory=SafetyConfig)
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
 
 
 # --------------------------------------------------------------------------- loading

@@ -34,6 +34,7 @@ from veil.safety.release import ReleaseGate
 from veil.safety.stage import Moderation
 from veil.store import db
 from veil.store.models import Usage
+from veil.tracing import Tracing
 
 if TYPE_CHECKING:
     from veil.privacy import PiiDetector
@@ -109,6 +110,9 @@ class Gateway:
             self.release_gate = ReleaseGate(config, lambda name: self.router.entry(name).tier)
             self.router.pending = set(self.release_gate.pending)
         self._gate_task: asyncio.Task[None] | None = None
+        self.tracing: Tracing | None = None
+        if config.tracing.enabled:
+            self.tracing = Tracing(config.tracing)
         self.pipeline = Pipeline(
             self.keys,
             self.router,
@@ -125,6 +129,7 @@ class Gateway:
             limiter=self.limiter,
             counter=self.counter,
             moderation=self.moderation,
+            tracer=self.tracing.tracer if self.tracing is not None else None,
         )
         for name, provider in self.providers.items():
             if provider.queue_depth is not None:
@@ -234,6 +239,8 @@ class Gateway:
             await self.recorder.close()
         await self.limiter.close()
         await asyncio.gather(*(p.close() for p in self.providers.values()), return_exceptions=True)
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.shutdown)
         self.engine.dispose()
 
     def ready(self) -> dict[str, bool]:

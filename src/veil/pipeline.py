@@ -4,7 +4,8 @@
     → meter → respond
 
 Fronts call ``authenticate`` and ``chat`` and only translate what comes back. Moderation
-slots in around dispatch when it lands.
+slots in before routing and after dispatch. With tracing on, each stage is a span of the
+request's span (``veil.tracing``).
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -37,6 +39,10 @@ from veil.routing.preferences import PreferenceStore
 from veil.routing.router import Candidate, Plan, prompt_tokens
 from veil.safety.policy import Decision
 from veil.safety.stage import Moderation, answer_pieces, filter_body
+from veil.tracing import Stage, outcome, parent, start_request
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span, Tracer
 
 #: Status recorded when the caller went away before the answer was complete (nginx's 499).
 CLIENT_CLOSED = 499
@@ -68,6 +74,10 @@ class RequestContext:
     served_by: str | None = None
     #: What moderation decided, when not ``allow``: ``input:flag:violence`` and so on.
     moderation: str | None = None
+    #: The caller's W3C ``traceparent`` header (followed when tracing is on).
+    traceparent: str | None = None
+    #: The request's span, while it runs (tracing on).
+    span: Span | None = None
 
     def moderated(self, summary: str | None) -> None:
         if summary is not None:
@@ -146,6 +156,7 @@ class Pipeline:
         limiter: Limiter | None = None,
         counter: TokenCounter | None = None,
         moderation: Moderation | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.keys = keys
         self.router = router
@@ -162,6 +173,21 @@ class Pipeline:
         self._limiter = limiter if limiter is not None and limiter.limits.active else None
         self._counter = counter
         self._moderation = moderation
+        self._tracer = tracer
+
+    # ------------------------------------------------------------ tracing
+
+    def _begin(self, ctx: RequestContext) -> None:
+        if self._tracer is not None and ctx.span is None:
+            ctx.span = start_request(self._tracer, ctx.request_id, parent(ctx.traceparent))
+
+    def _stage(
+        self, ctx: RequestContext, name: str, **attributes: Any
+    ) -> AbstractContextManager[Span | None]:
+        """A span for one stage of this request (nothing when tracing is off)."""
+        if ctx.span is None or self._tracer is None:
+            return _NO_SPAN
+        return Stage(self._tracer, ctx.span, name, attributes)
 
     # ------------------------------------------------------------ authenticate
 
@@ -173,13 +199,24 @@ class Pipeline:
     # ------------------------------------------------------------ route → … → meter
 
     async def chat(self, ctx: RequestContext, request: ChatRequest) -> ChatResult | ChatStream:
+        self._begin(ctx)
         try:
             if self._limiter is not None:
-                await self._admit(ctx, request, self._limiter)
+                with self._stage(ctx, "veil.limits"):
+                    await self._admit(ctx, request, self._limiter)
             if self._moderation is not None:
-                await self._moderate(ctx, request, self._moderation)
-            plan = await self._plan(ctx, request)
-            steps, clearance, policy, notes = await self._clear(ctx, request, plan)
+                with self._stage(ctx, "veil.moderate.input"):
+                    await self._moderate(ctx, request, self._moderation)
+            with self._stage(ctx, "veil.route") as span:
+                plan = await self._plan(ctx, request)
+                if span is not None and ctx.task is not None:
+                    span.set_attributes(
+                        {"veil.category": ctx.task[0], "veil.difficulty": ctx.task[1]}
+                    )
+            with self._stage(ctx, "veil.policy") as span:
+                steps, clearance, policy, notes = await self._clear(ctx, request, plan)
+                if span is not None:
+                    span.set_attributes({"veil.policy": policy, "veil.deployments": len(steps)})
         except VeilError as exc:
             self.reject(ctx, exc, request, policy=ctx.policy or _denied(exc))
             raise
@@ -371,9 +408,12 @@ class Pipeline:
     ) -> ChatResult | ChatStream:
         route = step.route
         deployment = route.deployment
-        step.outbound = outbound = await self._gate.outbound(
-            ctx.principal, request, deployment, clearance
-        )
+        with self._stage(ctx, "veil.protect", **{"veil.tier": deployment.provider.tier}) as span:
+            step.outbound = outbound = await self._gate.outbound(
+                ctx.principal, request, deployment, clearance
+            )
+            if span is not None:
+                span.set_attribute("veil.redactions", sum(outbound.redactions.values()))
         if self._recorder is not None:
             # Should the gateway die before this is metered, the journal bills the prompt.
             estimate = Usage(prompt_tokens(outbound.request), 0, "estimated")
@@ -391,7 +431,8 @@ class Pipeline:
                 return await self._start_stream(
                     ctx, request, route, outbound, policy, first, headers
                 )
-            completion = await self._complete(deployment, outbound, first)
+            with self._stage(ctx, "veil.upstream", **_upstream_attributes(ctx, route)):
+                completion = await self._complete(deployment, outbound, first)
             if completion.served_by is not None:
                 ctx.served_by = completion.served_by
                 headers[SERVED_BY_HEADER] = completion.served_by
@@ -409,9 +450,13 @@ class Pipeline:
         usage = completion.usage
         if usage.method in UNCOUNTED and self._counter is not None:
             usage = self._counter.count(outbound.request, _answer_text(body), usage)
-        self._gate.restore_body(body, outbound)
+        if outbound.pseudonymizer is not None:
+            with self._stage(ctx, "veil.restore"):
+                self._gate.restore_body(body, outbound)
         if self._moderation is not None:
-            decision = await self._moderation.check_answer(ctx.principal.tenant, _answer_text(body))
+            with self._stage(ctx, "veil.moderate.output"):
+                text = _answer_text(body)
+                decision = await self._moderation.check_answer(ctx.principal.tenant, text)
             ctx.moderated(decision.summary("output"))
             if decision.blocked:
                 filter_body(body)
@@ -492,6 +537,8 @@ class Pipeline:
         # What was delivered, kept (in memory, for this request only) in case the upstream
         # never reports usage and the tokens have to be counted.
         delivered: list[str] | None = [] if self._counter is not None else None
+        stage = self._stage(ctx, "veil.upstream", **_upstream_attributes(ctx, route))
+        span = stage.__enter__()
         try:
             while True:
                 try:
@@ -530,6 +577,9 @@ class Pipeline:
             raise
         finally:
             await upstream.aclose()  # type: ignore[attr-defined]
+            if span is not None:
+                outcome(span, status, code)
+            stage.__exit__(None, None, None)
             # Once the answer has started it is billed for what was produced, also when the
             # caller left or the upstream broke; before that, the dispatcher meters the end.
             if committed.value:
@@ -554,6 +604,7 @@ class Pipeline:
     ) -> None:
         """Meter a request that failed before it was dispatched (bad body, unknown model,
         policy, consent)."""
+        self._begin(ctx)
         self._record(
             ctx, request, None, None, Usage(method="none"), error.status, error.code, policy
         )
@@ -596,6 +647,40 @@ class Pipeline:
         code: str | None,
         policy: str | None,
         seconds: float | None = None,
+    ) -> None:
+        """The request's end: its usage record; with tracing on, its last stage and the end
+        of its span."""
+        with self._stage(ctx, "veil.meter"):
+            self._write_record(ctx, request, route, outbound, usage, status, code, policy, seconds)
+        span = ctx.span
+        if span is not None:
+            ctx.span = None
+            outcome(span, status, code)
+            attributes: dict[str, Any] = {
+                "veil.stream": bool(request and request.stream),
+                "veil.attempts": ctx.attempts,
+                "veil.prompt_tokens": usage.prompt_tokens,
+                "veil.completion_tokens": usage.completion_tokens,
+            }
+            if route is not None:
+                attributes.update(_upstream_attributes(ctx, route))
+                del attributes["veil.attempt"]
+            if outbound is not None and outbound.redactions:
+                attributes["veil.redactions"] = sum(outbound.redactions.values())
+            span.set_attributes(attributes)
+            span.end()
+
+    def _write_record(
+        self,
+        ctx: RequestContext,
+        request: ChatRequest | None,
+        route: Route | None,
+        outbound: Outbound | None,
+        usage: Usage,
+        status: int,
+        code: str | None,
+        policy: str | None,
+        seconds: float | None,
     ) -> None:
         if self._recorder is None:
             return
@@ -683,6 +768,20 @@ class Pipeline:
             cost=cost,
             bytes_out=outbound.bytes_out if outbound is not None else 0,
         )
+
+
+_NO_SPAN: AbstractContextManager[None] = nullcontext()
+
+
+def _upstream_attributes(ctx: RequestContext, route: Route) -> dict[str, Any]:
+    provider = route.deployment.provider
+    return {
+        "veil.tier": provider.tier,
+        "veil.provider": provider.name,
+        "veil.model": route.model.name,
+        "veil.deployment_model": route.deployment.model,
+        "veil.attempt": ctx.attempts,
+    }
 
 
 def _denied(error: VeilError) -> str | None:

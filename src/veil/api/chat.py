@@ -38,6 +38,7 @@ async def chat_completions(request: Request) -> Response:
         request.headers.get("authorization"),
         request.headers.get("x-veil-consent"),
         request.body,
+        request.headers.get("traceparent"),
     )
 
 
@@ -47,12 +48,14 @@ async def chat_response(
     authorization: str | None,
     consent: str | None,
     read_body: Callable[[], Awaitable[bytes]],
+    traceparent: str | None = None,
 ) -> Response:
     """authenticate → parse → pipeline → HTTP response. The body is read only once the
     caller is known; it is parsed by hand, in one pydantic-core pass straight from bytes,
     with errors that never echo the request's content."""
     principal = await gw.pipeline.authenticate(authorization)
     ctx = RequestContext(request_id, principal, parse_consent_header(consent))
+    ctx.traceparent = traceparent
     try:
         chat = parse_chat_request(await read_body())
     except VeilError as exc:

@@ -95,7 +95,7 @@ class RequestMiddleware:
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         length = None
-        authorization = consent = None
+        authorization = consent = traceparent = None
         for key, value in scope["headers"]:
             if key == b"content-length":
                 length = int(value) if value.isdigit() else None
@@ -103,13 +103,15 @@ class RequestMiddleware:
                 authorization = value.decode("latin-1")
             elif key == b"x-veil-consent":
                 consent = value.decode("latin-1")
+            elif key == b"traceparent":
+                traceparent = value.decode("latin-1")
         if length is not None and length > self.max_body:
             await _too_large(self.max_body, send)
             return
         if length is None and scope["method"] in ("POST", "PUT", "PATCH"):
             receive = _limited(receive, self.max_body)
         if scope["path"] == CHAT_PATH and scope["method"] == "POST":
-            await self._chat(scope, receive, send, request_id, authorization, consent)
+            await self._chat(scope, receive, send, request_id, authorization, consent, traceparent)
             return
         await self.app(scope, receive, send)
 
@@ -121,6 +123,7 @@ class RequestMiddleware:
         request_id: str,
         authorization: str | None,
         consent: str | None,
+        traceparent: str | None,
     ) -> None:
         handler = asyncio.current_task()
         watcher: asyncio.Task[None] | None = None
@@ -149,7 +152,7 @@ class RequestMiddleware:
 
         try:
             response = await chat_response(
-                self.gateway, request_id, authorization, consent, read_body
+                self.gateway, request_id, authorization, consent, read_body, traceparent
             )
         except VeilError as exc:
             response = error_response(exc)
