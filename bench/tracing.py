@@ -6,15 +6,19 @@ Run from the repository root::
     .venv/bin/python bench/tracing.py [--requests N]
 
 "On" uses the real SDK set up as ``veil.tracing.Tracing`` does (batch processor, OTLP/HTTP
-exporter); the exporter points at a closed port, so exports fail in the background as they
-would with the collector down, and the figure is the request path's share. The two are
-interleaved in rounds and the medians printed, with their difference per request.
+exporter) exporting to a minimal collector in another process (it reads each batch and
+answers 200), so the exporter thread's protobuf encoding is counted too. Tracing off, on,
+and on with ``sample_ratio: 0.1`` are interleaved in rounds; the medians are printed, with
+what tracing adds per request.
 """
 
 from __future__ import annotations
 
 import argparse
+import socket
 import statistics
+import subprocess
+import sys
 import time
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
@@ -34,12 +38,32 @@ STAGES = (
 )
 ATTRIBUTES = {"veil.tier": "partner", "veil.provider": "openai-azure", "veil.model": "gpt-4o"}
 _NO_SPAN: AbstractContextManager[Any] = nullcontext()
+SINK = """
+import http.server, sys
+class Sink(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers["content-length"]))
+        self.send_response(200)
+        self.send_header("content-length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Sink).serve_forever()
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def one_request(tracing: Tracing | None, i: int) -> None:
     span = None
     if tracing is not None:
         span = start_request(tracing.tracer, f"req-{i}", parent(None))
+        if not span.is_recording():  # as the pipeline does: sampled out, no stages
+            span = None
     for name in STAGES:
         stage = (
             _NO_SPAN
@@ -66,22 +90,34 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000, help="requests per round")
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
-    on = Tracing(
-        TracingConfig(enabled=True, endpoint="http://127.0.0.1:9/v1/traces", export_timeout=0.5)
-    )
-    off_us: list[float] = []
-    on_us: list[float] = []
-    timed(None, 200)
-    timed(on, 200)
-    for _ in range(args.rounds):
-        off_us.append(timed(None, args.requests))
-        on_us.append(timed(on, args.requests))
-    off, with_spans = statistics.median(off_us), statistics.median(on_us)
-    print(f"{'tracing':<10}{'µs per request (median of ' + str(args.rounds) + ' rounds)':>40}")
-    print(f"{'off':<10}{off:>40.2f}")
-    print(f"{'on':<10}{with_spans:>40.2f}")
-    print(f"added by tracing: {with_spans - off:.1f} µs per request ({len(STAGES) + 1} spans)")
-    on.provider.shutdown()
+    port = _free_port()
+    sink = subprocess.Popen([sys.executable, "-c", SINK, str(port)])
+    try:
+        time.sleep(0.5)
+        endpoint = f"http://127.0.0.1:{port}/v1/traces"
+        setups: dict[str, Tracing | None] = {
+            "off": None,
+            "on": Tracing(TracingConfig(enabled=True, endpoint=endpoint)),
+            "on, 10% sampled": Tracing(
+                TracingConfig(enabled=True, endpoint=endpoint, sample_ratio=0.1)
+            ),
+        }
+        times: dict[str, list[float]] = {name: [] for name in setups}
+        for tracing in setups.values():
+            timed(tracing, 300)
+        for _ in range(args.rounds):
+            for name, tracing in setups.items():
+                times[name].append(timed(tracing, args.requests))
+        medians = {name: statistics.median(t) for name, t in times.items()}
+        print(f"{'tracing':<18}{'µs per request':>16}{'added':>10}   ({len(STAGES) + 1} spans)")
+        for name, us in medians.items():
+            print(f"{name:<18}{us:>16.1f}{us - medians['off']:>10.1f}")
+        for tracing in setups.values():
+            if tracing is not None:
+                tracing.shutdown()
+    finally:
+        sink.terminate()
+        sink.wait(5)
 
 
 if __name__ == "__main__":

@@ -179,7 +179,9 @@ class Pipeline:
 
     def _begin(self, ctx: RequestContext) -> None:
         if self._tracer is not None and ctx.span is None:
-            ctx.span = start_request(self._tracer, ctx.request_id, parent(ctx.traceparent))
+            span = start_request(self._tracer, ctx.request_id, parent(ctx.traceparent))
+            if span.is_recording():  # sampled out: its stages are not made at all
+                ctx.span = span
 
     def _stage(
         self, ctx: RequestContext, name: str, **attributes: Any
