@@ -252,10 +252,16 @@ def test_privacy_report_lists_what_left_and_never_the_content(stack: Stack, tmp_
 def test_policy_and_moderation_summaries_are_counted_by_rule_and_category() -> None:
     denials = policy_denials(
         [
-            "policy skipped openai-direct by openai-on-azure-only",
-            "policy skipped a by residency-eu, b by partners:acme; policy skipped c by residency-eu",
-            "policy denied: the model 'm' cannot serve tenant 't': openai-on-azure-only "
-            "(openai may only be served from azure, not openai); residency-eu (no region)",
+            ("policy skipped openai-direct by openai-on-azure-only", 1),
+            (
+                "policy skipped a by residency-eu, b by partners:acme; policy skipped c by residency-eu",
+                1,
+            ),
+            (
+                "policy denied: the model 'm' cannot serve tenant 't': openai-on-azure-only "
+                "(openai may only be served from azure, not openai); residency-eu (no region)",
+                1,
+            ),
         ]
     )
     assert denials == [  # requests per rule, most first
@@ -264,7 +270,7 @@ def test_policy_and_moderation_summaries_are_counted_by_rule_and_category() -> N
         {"rule": "partners:acme", "denied": 0, "skipped": 1},
     ]
     events = moderation_events(
-        ["input:flag:violence,illicit", "input:flag:violence;output:block:sexual"]
+        [("input:flag:violence,illicit", 1), ("input:flag:violence;output:block:sexual", 1)]
     )
     assert events[0] == {"category": "violence", "stage": "input", "action": "flag", "count": 2}
     assert {"category": "sexual", "stage": "output", "action": "block", "count": 1} in events

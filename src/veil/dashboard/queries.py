@@ -7,6 +7,7 @@ one tenant (a tenant's key) or every tenant (the admin key); nothing here can wi
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable
@@ -18,6 +19,7 @@ import orjson
 from sqlalchemy import ColumnElement, Engine, Integer, case, cast, func, select
 
 from veil.errors import InvalidRequest
+from veil.ledger.money import format_amount
 from veil.ledger.reports import join_sum, split_sum
 from veil.store.models import Consent, LedgerEntry, Usage
 
@@ -30,7 +32,7 @@ WINDOWS: Final[dict[str, tuple[timedelta, timedelta]]] = {
 }
 TIERS: Final = ("device", "private", "partner")
 #: Latency percentiles are read from at most this many of the window's newest requests.
-LATENCY_SAMPLE: Final = 50_000
+LATENCY_SAMPLE: Final = 20_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,123 +88,153 @@ def _scope(tenant: str | None, w: Window) -> list[ColumnElement[bool]]:
 
 
 def overview(engine: Engine, tenant: str | None, w: Window, currency: str) -> dict[str, Any]:
-    """Everything the dashboard's main view shows for one scope and window."""
-    where = _scope(tenant, w)
-    with engine.connect() as conn:
-        step = int(w.bucket.total_seconds())
-        bucket = (_epoch(engine) - int(w.start.timestamp())) / step
-        series: dict[str, list[int]] = {t: [0] * w.buckets for t in (*TIERS, "refused")}
-        for index, tier, count in conn.execute(
-            select(bucket.label("b"), Usage.tier, func.count())
-            .where(*where)
-            .group_by("b", Usage.tier)
-        ):
-            i = int(index)
-            if 0 <= i < w.buckets:
-                series[tier if tier in TIERS else "refused"][i] += count
+    """Everything the dashboard's main view shows for one scope and window.
 
-        errors = func.sum(case((Usage.status >= 400, 1), else_=0))
-        by_model = [
-            {"model": model, "tier": tier, "provider": provider, "requests": n, "errors": int(e)}
-            for model, tier, provider, n, e in conn.execute(
-                select(Usage.model, Usage.tier, Usage.provider, func.count(), errors)
-                .where(*where, Usage.model.is_not(None))
-                .group_by(Usage.model, Usage.tier, Usage.provider)
-                .order_by(func.count().desc())
-            )
-        ]
-        totals_row = conn.execute(
+    The window's rows are read once, grouped by bucket, tier, model, provider, tenant,
+    partner and cloud; the few distinct policy, moderation and redaction summaries are
+    grouped in SQL too. Python only adds the groups up."""
+    where = _scope(tenant, w)
+    step = int(w.bucket.total_seconds())
+    bucket = (_epoch(engine) - int(w.start.timestamp())) // step
+    billed_hi, billed_lo = split_sum(Usage.billed)
+    cost_hi, cost_lo = split_sum(Usage.cost)
+    keys = (
+        bucket,
+        Usage.tier,
+        Usage.model,
+        Usage.provider,
+        Usage.tenant,
+        Usage.partner,
+        Usage.cloud,
+    )
+    with engine.connect() as conn:
+        groups = conn.execute(
             select(
+                *keys,
                 func.count(),
-                errors,
-                func.coalesce(func.sum(Usage.prompt_tokens), 0),
-                func.coalesce(func.sum(Usage.completion_tokens), 0),
-            ).where(*where)
-        ).one()
-        partners = _partners(conn, where)
-        clouds = [
-            {"cloud": cloud, "requests": n}
-            for cloud, n in conn.execute(
-                select(Usage.cloud, func.count())
-                .where(*where, Usage.tier == "partner", Usage.cloud.is_not(None))
-                .group_by(Usage.cloud)
-                .order_by(func.count().desc())
+                func.sum(case((Usage.status >= 400, 1), else_=0)),
+                func.sum(Usage.prompt_tokens),
+                func.sum(Usage.completion_tokens),
+                func.sum(Usage.bytes_out),
+                billed_hi,
+                billed_lo,
+                cost_hi,
+                cost_lo,
             )
-        ]
-        _consents_in_force(conn, tenant, partners)
-        denials = policy_denials(
-            str(policy)
-            for (policy,) in conn.execute(
-                select(Usage.policy).where(
-                    *where, Usage.policy.is_not(None), Usage.policy != "policy ok"
-                )
-            )
-        )
-        moderation = moderation_events(
-            str(text)
-            for (text,) in conn.execute(
-                select(Usage.moderation).where(*where, Usage.moderation.is_not(None))
-            )
-        )
+            .where(*where)
+            .group_by(*keys)
+        ).all()
+        replaced = conn.execute(
+            select(Usage.partner, Usage.redactions, func.count())
+            .where(*where, Usage.tier == "partner", Usage.redactions.is_not(None))
+            .group_by(Usage.partner, Usage.redactions)
+        ).all()
+        policies = conn.execute(
+            select(Usage.policy, func.count())
+            .where(*where, Usage.policy.is_not(None), Usage.policy != "policy ok")
+            .group_by(Usage.policy)
+        ).all()
+        moderation = conn.execute(
+            select(Usage.moderation, func.count())
+            .where(*where, Usage.moderation.is_not(None))
+            .group_by(Usage.moderation)
+        ).all()
         latency = _latency(conn, where)
-        money = _money(conn, tenant, w, where)
-    left = sum(p["requests"] for p in partners)
+        consents = _consents_in_force(conn, tenant)
+        parties = _parties(conn, w) if tenant is None else []
+
+    series: dict[str, list[int]] = {t: [0] * w.buckets for t in (*TIERS, "refused")}
+    totals: Counter[str] = Counter()
+    models: dict[tuple[str, str | None, str | None], list[int]] = {}
+    partners: dict[str, dict[str, Any]] = {}
+    clouds: Counter[str] = Counter()
+    spend: dict[str, list[int]] = {}
+    for row in groups:
+        index, tier, model, provider, owner, partner, cloud, n, errors = row[:9]
+        prompt, completion, sent, b_hi, b_lo, c_hi, c_lo = row[9:]
+        kind = tier if tier in TIERS else "refused"
+        if 0 <= int(index) < w.buckets:
+            series[kind][int(index)] += n
+        totals.update(
+            {
+                "requests": n,
+                "errors": int(errors or 0),
+                "prompt_tokens": int(prompt or 0),
+                "completion_tokens": int(completion or 0),
+                kind: n,
+            }
+        )
+        if model is not None:
+            counts = models.setdefault((model, tier, provider), [0, 0])
+            counts[0] += n
+            counts[1] += int(errors or 0)
+        if tier == "partner":
+            name = partner or "unknown"
+            entry = partners.setdefault(name, _partner_row(name))
+            entry["requests"] += n
+            entry["bytes_out"] += int(sent or 0)
+            if cloud is not None:
+                clouds[cloud] += n
+        elif tier == "private":
+            totals["private_bytes_out"] += int(sent or 0)
+        name = model if tenant is not None else owner
+        if name is not None:
+            amounts = spend.setdefault(name, [0, 0])
+            amounts[0] += join_sum(b_hi, b_lo)
+            amounts[1] += join_sum(c_hi, c_lo)
+
+    by_type: dict[str, Counter[str]] = defaultdict(Counter)
+    for partner, text, n in replaced:
+        for kind, count in _counts(str(text)).items():
+            by_type[partner or "unknown"][kind] += count * n
+    for name, counted in by_type.items():
+        if name in partners:
+            partners[name]["redactions"] = dict(counted.most_common())
+    for name, n in consents:
+        partners.setdefault(name, _partner_row(name))["consents"] = n
+    partner_rows = sorted(partners.values(), key=lambda r: (-r["requests"], r["partner"]))
     return {
         "object": "dashboard.overview",
         "tenant": tenant,
         "window": w.to_dict(),
         "currency": currency,
         "totals": {
-            "requests": totals_row[0],
-            "errors": int(totals_row[1] or 0),
-            "prompt_tokens": int(totals_row[2]),
-            "completion_tokens": int(totals_row[3]),
-            "on_device": sum(series["device"]),
-            "private": sum(series["private"]),
-            "partner": sum(series["partner"]),
-            "refused": sum(series["refused"]),
-            "left_device": sum(series["private"]) + left,
-            "bytes_out": sum(p["bytes_out"] for p in partners),
-            "redactions": sum(sum(p["redactions"].values()) for p in partners),
+            "requests": totals["requests"],
+            "errors": totals["errors"],
+            "prompt_tokens": totals["prompt_tokens"],
+            "completion_tokens": totals["completion_tokens"],
+            "on_device": totals["device"],
+            "private": totals["private"],
+            "partner": totals["partner"],
+            "refused": totals["refused"],
+            "left_device": totals["private"] + totals["partner"],
+            "bytes_out": sum(p["bytes_out"] for p in partner_rows),
+            "private_bytes_out": totals["private_bytes_out"],
+            "redactions": sum(sum(p["redactions"].values()) for p in partner_rows),
         },
         "series": series,
-        "by_model": by_model,
-        "partners": partners,
-        "clouds": clouds,
-        "policy_denials": denials,
-        "moderation": moderation,
+        "by_model": [
+            {"model": m, "tier": t, "provider": p, "requests": n, "errors": e}
+            for (m, t, p), (n, e) in sorted(models.items(), key=lambda kv: -kv[1][0])
+        ],
+        "partners": partner_rows,
+        "clouds": [{"cloud": c, "requests": n} for c, n in clouds.most_common()],
+        "policy_denials": policy_denials((str(text), int(n)) for text, n in policies),
+        "moderation": moderation_events((str(text), int(n)) for text, n in moderation),
         "latency": latency,
-        "money": money,
+        "money": {
+            "spend_by": "model" if tenant is not None else "tenant",
+            "spend": [
+                {"name": name, "billed": format_amount(b), "cost": format_amount(c)}
+                for name, (b, c) in sorted(spend.items(), key=lambda kv: (-kv[1][0], kv[0]))
+            ],
+            "parties": parties,
+        },
     }
 
 
-def _partners(conn: Any, where: list[ColumnElement[bool]]) -> list[dict[str, Any]]:
-    """What left the device for each partner: requests, bytes and values replaced."""
-    rows: dict[str, dict[str, Any]] = {}
-    for partner, n, sent in conn.execute(
-        select(Usage.partner, func.count(), func.coalesce(func.sum(Usage.bytes_out), 0))
-        .where(*where, Usage.tier == "partner")
-        .group_by(Usage.partner)
-    ):
-        name = partner or "unknown"
-        rows[name] = {
-            "partner": name,
-            "requests": n,
-            "bytes_out": int(sent),
-            "redactions": {},
-            "consents": 0,
-        }
-    replaced: dict[str, Counter[str]] = defaultdict(Counter)
-    for partner, text in conn.execute(
-        select(Usage.partner, Usage.redactions).where(
-            *where, Usage.tier == "partner", Usage.redactions.is_not(None)
-        )
-    ):
-        replaced[partner or "unknown"].update(_counts(text))
-    for name, counts in replaced.items():
-        if name in rows:
-            rows[name]["redactions"] = dict(counts.most_common())
-    return sorted(rows.values(), key=lambda r: -r["requests"])
+def _partner_row(name: str) -> dict[str, Any]:
+    return {"partner": name, "requests": 0, "bytes_out": 0, "redactions": {}, "consents": 0}
 
 
 def _counts(text: str) -> dict[str, int]:
@@ -215,50 +247,46 @@ def _counts(text: str) -> dict[str, int]:
     return {str(k): v for k, v in value.items() if isinstance(v, int)}
 
 
-def _consents_in_force(conn: Any, tenant: str | None, partners: list[dict[str, Any]]) -> None:
-    """Add each partner's standing consents in force now (partners with none but consents
-    are listed too: a consent is given before anything is sent)."""
+def _consents_in_force(conn: Any, tenant: str | None) -> list[tuple[str, int]]:
+    """Standing consents not revoked, per partner (a consent comes before anything is sent,
+    so a partner may have consents and no requests yet)."""
     where: list[ColumnElement[bool]] = [Consent.revoked_at.is_(None)]
     if tenant is not None:
         where.append(Consent.tenant == tenant)
-    by_name = {p["partner"]: p for p in partners}
-    for partner, n in conn.execute(
+    rows = conn.execute(
         select(Consent.partner, func.count()).where(*where).group_by(Consent.partner)
-    ):
-        row = by_name.get(partner)
-        if row is None:
-            row = {"partner": partner, "requests": 0, "bytes_out": 0, "redactions": {}}
-            partners.append(row)
-            by_name[partner] = row
-        row["consents"] = n
+    )
+    return [(str(partner), int(n)) for partner, n in rows]
 
 
 _SKIPPED = re.compile(r"(?:policy skipped |, )\S+ by ([^\s,;]+)")
 _DENIED = re.compile(r"(?:: |; )([^\s;:(][^\s;(]*) \(")
 
 
-def policy_denials(summaries: Iterable[str]) -> list[dict[str, Any]]:
-    """Count the requests each rule decided, from the usage rows' policy summaries:
-    ``denied`` (the request was refused) and ``skipped`` (a deployment was passed over and
-    another served). A rule counts once per request however many deployments it named."""
+def policy_denials(summaries: Iterable[tuple[str, int]]) -> list[dict[str, Any]]:
+    """Count the requests each rule decided, from the usage rows' policy summaries (each
+    with how many rows have it): ``denied`` (the request was refused) and ``skipped`` (a
+    deployment was passed over and another served). A rule counts once per request
+    however many deployments it named."""
     denied: Counter[str] = Counter()
     skipped: Counter[str] = Counter()
-    for summary in summaries:
+    for summary, n in summaries:
         if summary.startswith("policy denied: "):
             # "policy denied: the model 'm' cannot serve tenant 't': rule (why); rule (why)"
             reasons = summary.rsplit("': ", 1)[-1]
-            denied.update(set(_DENIED.findall(": " + reasons)))
+            denied.update(dict.fromkeys(set(_DENIED.findall(": " + reasons)), n))
         else:
-            skipped.update({r for part in summary.split("; ") for r in _SKIPPED.findall(part)})
+            named = {r for part in summary.split("; ") for r in _SKIPPED.findall(part)}
+            skipped.update(dict.fromkeys(named, n))
     rules = sorted(set(denied) | set(skipped), key=lambda r: (-denied[r] - skipped[r], r))
     return [{"rule": r, "denied": denied[r], "skipped": skipped[r]} for r in rules]
 
 
-def moderation_events(summaries: Iterable[str]) -> list[dict[str, Any]]:
-    """``input:flag:violence,hate;output:block:sexual`` rows → counts per category, stage
-    and action."""
+def moderation_events(summaries: Iterable[tuple[str, int]]) -> list[dict[str, Any]]:
+    """``input:flag:violence,hate;output:block:sexual`` summaries (each with how many rows
+    have it) → counts per category, stage and action."""
     counts: Counter[tuple[str, str, str]] = Counter()
-    for summary in summaries:
+    for summary, n in summaries:
         for part in summary.split(";"):
             pieces = part.split(":", 2)
             if len(pieces) != 3:
@@ -266,7 +294,7 @@ def moderation_events(summaries: Iterable[str]) -> list[dict[str, Any]]:
             stage, action, categories = pieces
             for category in categories.split(","):
                 if category:
-                    counts[(category, stage, action)] += 1
+                    counts[(category, stage, action)] += n
     return [
         {"category": c, "stage": s, "action": a, "count": n}
         for (c, s, a), n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
@@ -299,54 +327,25 @@ def _latency(conn: Any, where: list[ColumnElement[bool]]) -> list[dict[str, Any]
 
 def _percentile(values: list[float], q: float) -> float:
     """Nearest rank on sorted values."""
-    index = max(0, min(len(values) - 1, int(q * len(values) + 0.999999) - 1))
+    index = max(0, min(len(values) - 1, math.ceil(q * len(values)) - 1))
     return round(values[index], 3)
 
 
-def _money(
-    conn: Any, tenant: str | None, w: Window, where: list[ColumnElement[bool]]
-) -> dict[str, Any]:
-    """Spend per model (and per tenant, for the admin); the ledger's net per party."""
-    from veil.ledger.money import format_amount
-
-    billed_hi, billed_lo = split_sum(Usage.billed)
-    cost_hi, cost_lo = split_sum(Usage.cost)
-    group = Usage.model if tenant is not None else Usage.tenant
-    spend = [
-        {
-            "name": name,
-            "billed": format_amount(join_sum(b_hi, b_lo)),
-            "cost": format_amount(join_sum(c_hi, c_lo)),
-        }
-        for name, b_hi, b_lo, c_hi, c_lo in conn.execute(
-            select(group, billed_hi, billed_lo, cost_hi, cost_lo)
-            .where(*where, group.is_not(None))
-            .group_by(group)
-        )
-    ]
-    spend.sort(key=lambda r: -float(r["billed"]))
-    parties: list[dict[str, Any]] = []
-    if tenant is None:  # the revenue share between parties is the operator's to see
-        hi, lo = split_sum(LedgerEntry.amount)
+def _parties(conn: Any, w: Window) -> list[dict[str, Any]]:
+    """What each party (not a tenant) earned in the window's ledger lines: the negation of
+    its lines, which are credits. The operator's to see, never a tenant's."""
+    hi, lo = split_sum(LedgerEntry.amount)
+    earned = [
+        (account.removeprefix("party:"), -join_sum(a_hi, a_lo))
         for account, a_hi, a_lo in conn.execute(
             select(LedgerEntry.account, hi, lo)
             .where(LedgerEntry.at >= w.start, LedgerEntry.at < w.end)
             .group_by(LedgerEntry.account)
-        ):
-            if account.startswith("tenant:"):
-                continue
-            # A party's lines are credits (negative): what it earns is their negation.
-            parties.append(
-                {"party": account.removeprefix("party:"), "earned": -join_sum(a_hi, a_lo)}
-            )
-        parties.sort(key=lambda p: -p["earned"])
-        for p in parties:
-            p["earned"] = format_amount(p["earned"])
-    return {
-        "spend_by": "model" if tenant is not None else "tenant",
-        "spend": spend,
-        "parties": parties,
-    }
+        )
+        if not account.startswith("tenant:")
+    ]
+    earned.sort(key=lambda p: (-p[1], p[0]))
+    return [{"party": party, "earned": format_amount(amount)} for party, amount in earned]
 
 
 def tenants(engine: Engine, w: Window) -> list[str]:

@@ -37,8 +37,11 @@ class Usage(Base):
     """One row per request: who (pseudonymously), where it went, how much, how it ended."""
 
     __tablename__ = "usage"
-    #: The privacy report reads one user's requests by time.
-    __table_args__ = (Index("ix_usage_user_created", "user_hash", "created_at"),)
+    #: The dashboard reads one tenant's requests by time, the privacy report one user's.
+    __table_args__ = (
+        Index("ix_usage_tenant_created", "tenant", "created_at"),
+        Index("ix_usage_user_created", "tenant", "user_hash", "created_at"),
+    )
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     tenant: Mapped[str] = mapped_column(String(128), index=True)

@@ -5,7 +5,8 @@
 
 (function () {
   const KEY = "veil.dashboard.key";
-  const REFRESH_MS = 5000;
+  // Longer windows read more rows (bench/dashboard.py): refresh them less often.
+  const REFRESH_MS = { "1h": 5000, "24h": 5000, "7d": 15000, "30d": 30000 };
   const TIERS = ["device", "private", "partner", "refused"];
   const TIER_NAMES = { device: "On device", private: "Private node", partner: "Partner", refused: "Refused" };
   const VIEWS = ["overview", "left", "policy", "latency", "money", "nodes", "breakers", "privacy"];
@@ -365,7 +366,8 @@
 
   function schedule() {
     clearTimeout(state.timer);
-    state.timer = setTimeout(async () => { await refresh(); schedule(); }, REFRESH_MS);
+    const every = ["nodes", "privacy"].includes(state.view) ? 5000 : REFRESH_MS[$("window").value] || 5000;
+    state.timer = setTimeout(async () => { await refresh(); schedule(); }, every);
   }
 
   function show(view) {
@@ -436,7 +438,7 @@
       if (!(await start())) showLogin("That key was not accepted.");
     });
     $("logout").addEventListener("click", () => logout());
-    $("window").addEventListener("change", () => { state.last = {}; refresh(); });
+    $("window").addEventListener("change", () => { state.last = {}; refresh(); schedule(); });
     $("tenant-filter").addEventListener("change", () => { state.last = {}; refresh(); });
     window.addEventListener("hashchange", () => state.session && show(location.hash.slice(1)));
     $("privacy-form").addEventListener("submit", (event) => {
