@@ -410,6 +410,37 @@ def config_check(file: Annotated[Path, typer.Argument(help="The YAML config file
     )
 
 
+@app.command()
+def doctor(config: ConfigOption = None) -> None:
+    """Report risky settings: open auth, plain-HTTP partners, a missing or short admin key,
+    secrets in the config file, files others can read. Exit 1 if anything is critical."""
+    from veil.doctor import examine
+
+    with _errors():
+        cfg = load_config(config)
+    home = veil_home()
+    findings = examine(cfg, config, home)
+    from rich.table import Table
+
+    styles = {"critical": "bold red", "warning": "yellow", "ok": "green"}
+    table = Table(box=None, show_header=False, pad_edge=False)
+    table.add_column(no_wrap=True)
+    table.add_column(no_wrap=True)
+    table.add_column()
+    for f in findings:
+        fix = f"\n[dim]fix: {f.fix}[/dim]" if f.fix and f.severity != "ok" else ""
+        table.add_row(f"[{styles[f.severity]}]{f.severity}[/]", f.check, f.message + fix)
+    out.print(table, highlight=False)
+    counts = {s: sum(f.severity == s for f in findings) for s in ("critical", "warning")}
+    err.print(
+        f"{counts['critical']} critical, {counts['warning']} warnings "
+        f"({config or 'embedded defaults'}, VEIL_HOME={home})",
+        highlight=False,
+    )
+    if counts["critical"]:
+        raise typer.Exit(1)
+
+
 # ------------------------------------------------------------------------ ask / chat
 
 
