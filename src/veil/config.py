@@ -82,6 +82,8 @@ class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
     max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=1024)
+    #: All request headers together (names and values); more is 431.
+    max_header_bytes: int = Field(32 * 1024, ge=1024)
     #: ``none`` turns authentication off; allowed only when ``host`` is a loopback address.
     auth: Literal["required", "none"] = "required"
     #: How long a verified API key is trusted before the database is asked again.

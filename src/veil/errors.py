@@ -7,7 +7,8 @@ OpenAI error ``type`` and ``code`` of each error are decided here and nowhere el
     VeilError                      500 api_error
     ├── InvalidRequest             400 invalid_request_error
     │   ├── ContentFiltered        400 invalid_request_error / content_filter
-    │   └── BodyTooLarge           413 invalid_request_error / request_too_large
+    │   ├── BodyTooLarge           413 invalid_request_error / request_too_large
+    │   └── HeadersTooLarge        431 invalid_request_error / headers_too_large
     ├── AuthenticationFailed       401 authentication_error / invalid_api_key
     ├── PermissionDenied           403 permission_error
     │   ├── ModelPending           403 permission_error / model_pending
@@ -88,6 +89,11 @@ class ContentFiltered(InvalidRequest):
 class BodyTooLarge(InvalidRequest):
     status = 413
     code = "request_too_large"
+
+
+class HeadersTooLarge(InvalidRequest):
+    status = 431
+    code = "headers_too_large"
 
 
 class AuthenticationFailed(VeilError):

@@ -71,4 +71,5 @@ def create_app(gw: Gateway) -> ASGIApp:
 
     app.openapi = openapi  # type: ignore[method-assign]
     # Outermost, so that the chat fast path skips every FastAPI and Starlette layer.
-    return RequestMiddleware(app, gw, gw.config.server.max_body_bytes)
+    server = gw.config.server
+    return RequestMiddleware(app, gw, server.max_body_bytes, server.max_header_bytes)

@@ -4,7 +4,8 @@
   the usage row). Ids are a random per-process prefix and a counter: unique across
   replicas, and far cheaper than a uuid4 per request.
 - Bodies over ``max_body_bytes`` get 413 — at once from ``Content-Length``, or as soon as a
-  chunked body crosses the limit.
+  chunked body crosses the limit. Headers over ``max_header_bytes`` (all of them together)
+  get 431 before anything reads them.
 - ``/v1`` responses that were not routed anywhere still say so: ``x-veil-tier: none``.
 - ``POST /v1/chat/completions`` is answered here, without FastAPI's routing, dependency and
   exception layers, which cost more per request than the rest of the gateway together
@@ -25,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from veil.api.chat import chat_response
 from veil.api.errors import error_response, internal_error, log_bug
-from veil.errors import BodyTooLarge, VeilError
+from veil.errors import BodyTooLarge, HeadersTooLarge, VeilError
 from veil.gateway import Gateway
 
 CHAT_PATH = "/v1/chat/completions"
@@ -51,10 +52,13 @@ class ClientDisconnected(Exception):
 
 
 class RequestMiddleware:
-    def __init__(self, app: ASGIApp, gateway: Gateway, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, gateway: Gateway, max_body_bytes: int, max_header_bytes: int = 32768
+    ) -> None:
         self.app = app
         self.gateway = gateway
         self.max_body = max_body_bytes
+        self.max_headers = max_header_bytes
         self.ids = RequestIds()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -96,7 +100,9 @@ class RequestMiddleware:
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         length = None
         authorization = consent = traceparent = None
+        size = 0
         for key, value in scope["headers"]:
+            size += len(key) + len(value)
             if key == b"content-length":
                 length = int(value) if value.isdigit() else None
             elif key == b"authorization":
@@ -105,8 +111,14 @@ class RequestMiddleware:
                 consent = value.decode("latin-1")
             elif key == b"traceparent":
                 traceparent = value.decode("latin-1")
+        if size > self.max_headers:
+            error = HeadersTooLarge(
+                f"the request headers are larger than the limit of {self.max_headers} bytes"
+            )
+            await _refuse(error, send)
+            return
         if length is not None and length > self.max_body:
-            await _too_large(self.max_body, send)
+            await _refuse(BodyTooLarge(_limit_message(self.max_body)), send)
             return
         if length is None and scope["method"] in ("POST", "PUT", "PATCH"):
             receive = _limited(receive, self.max_body)
@@ -194,12 +206,13 @@ def _limit_message(limit: int) -> str:
     return f"the request body is larger than the limit of {limit} bytes"
 
 
-async def _too_large(limit: int, send: Send) -> None:
-    body = orjson.dumps(BodyTooLarge(_limit_message(limit)).to_dict())
+async def _refuse(error: VeilError, send: Send) -> None:
+    """Answer before reading the body, and close the connection (the rest is not read)."""
+    body = orjson.dumps(error.to_dict())
     await send(
         {
             "type": "http.response.start",
-            "status": 413,
+            "status": error.status,
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
