@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -163,6 +163,23 @@ class _Service:
         )
         atexit.register(self.stop)
 
+    def halt(self) -> None:
+        """Stop the server the way a crash would (its stop signal), keeping its files, so
+        that ``launch`` can start it again on the same data."""
+        if self.watchdog is not None:
+            self.watchdog.kill()
+            self.watchdog.wait()
+            assert self.watchdog.stdin is not None
+            self.watchdog.stdin.close()
+            self.watchdog = None
+        if self.process is not None:
+            self.process.send_signal(self.stop_signal)
+            self.process.wait(10)
+            self.process = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
     def check_alive(self) -> None:
         if self.process is not None and self.process.poll() is not None:
             raise RuntimeError(
@@ -210,6 +227,8 @@ def _wait(service: _Service, ready: Callable[[], bool], timeout: float) -> None:
 class PostgresServer:
     port: int
     service: _Service
+    account: _Account | None = None
+    command: list[str] = field(default_factory=list)
 
     def url(self, database: str = PG_DATABASE) -> str:
         """A SQLAlchemy URL for ``database`` on this server (psycopg 3 driver)."""
@@ -249,9 +268,22 @@ class PostgresServer:
     def stop(self) -> None:
         self.service.stop()
 
+    def halt(self) -> None:
+        """Down, as if it crashed (immediate shutdown); ``resume`` brings it back."""
+        self.service.halt()
 
-def start_postgres(timeout: float = 60) -> PostgresServer:
+    def resume(self, timeout: float = 60) -> None:
+        assert self.account is not None
+        self.service.launch(self.account, self.command)
+        _wait(self.service, self.accepts_connections, timeout)
+
+
+def start_postgres(timeout: float = 60, durable: bool = False) -> PostgresServer:
     """initdb into a new temporary directory, then run ``postgres`` on a free loopback port.
+
+    Commits are asynchronous unless ``durable``: fast, but a crash (``halt``) then loses
+    the last fraction of a second of commits it already acknowledged, as a real server
+    configured that way would.
 
     Raises ``FileNotFoundError`` with ``PG_MISSING`` when the binaries are not installed.
     """
@@ -283,29 +315,27 @@ def start_postgres(timeout: float = 60) -> PostgresServer:
             if initdb.wait(120) != 0:
                 raise RuntimeError(f"initdb failed ({initdb.returncode}):\n{service.log_tail()}")
         port = free_port()
-        service.launch(
-            account,
-            [
-                str(bin_dir / "postgres"),
-                "-D",
-                str(data),
-                "-k",
-                str(base),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "-c",
-                "fsync=off",
-                "-c",
-                "synchronous_commit=off",
-                "-c",
-                "full_page_writes=off",
-                "-c",
-                "max_connections=200",
-            ],
-        )
-        server = PostgresServer(port, service)
+        command = [
+            str(bin_dir / "postgres"),
+            "-D",
+            str(data),
+            "-k",
+            str(base),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-c",
+            "fsync=off",
+            "-c",
+            "synchronous_commit=" + ("on" if durable else "off"),
+            "-c",
+            "full_page_writes=off",
+            "-c",
+            "max_connections=200",
+        ]
+        service.launch(account, command)
+        server = PostgresServer(port, service, account, command)
         _wait(service, server.accepts_connections, timeout)
         server.create_database(PG_DATABASE)
     except BaseException:
