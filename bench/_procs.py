@@ -181,3 +181,45 @@ def _children(pid: int) -> list[int]:
     except OSError:
         pass
     return found
+
+
+def start_upstream(children: Children, tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """The minimal OpenAI-compatible upstream (``_upstream.py``), ready: its process and port."""
+    log = tmp / "upstream.log"
+    proc = children.spawn(
+        [sys.executable, str(Path(__file__).with_name("_upstream.py"))], log=log, stdout_pipe=True
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline().decode().strip()
+    if not line.isdigit():
+        raise BenchError(f"the upstream did not start; see {log}")
+    port = int(line)
+    wait_ready(proc, port, "/health", 10.0, log)
+    return proc, port
+
+
+def start_veil(
+    children: Children, tmp: Path, name: str, config: str | None, key: str
+) -> tuple[subprocess.Popen[bytes], int]:
+    """``veil serve`` with ``config`` (YAML text; ``None``: the embedded defaults), its own
+    ``VEIL_HOME`` and ``key`` as the admin key, ready: its process and port."""
+    exe = Path(sys.executable).parent / "veil"
+    if not exe.exists():
+        raise BenchError(f"{exe} does not exist: install the project (pip install -e .)")
+    home = tmp / f"home-{name}"
+    home.mkdir(exist_ok=True)
+    port = free_port()
+    cmd = [str(exe), "serve", "--host", "127.0.0.1", "--port", str(port)]
+    if config is not None:
+        path = tmp / f"{name}.yaml"
+        path.write_text(config)
+        cmd[2:2] = ["--config", str(path)]
+    log = tmp / f"{name}.log"
+    proc = children.spawn(
+        cmd, env={**os.environ, "VEIL_HOME": str(home), "VEIL_ADMIN_KEY": key}, log=log
+    )
+    try:
+        wait_ready(proc, port, "/readyz", 120.0, log)
+    except BenchError as exc:
+        raise BenchError(f"`{' '.join(cmd)}` {exc}") from None
+    return proc, port

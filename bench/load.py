@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _procs import BenchError, Children, finish, free_port, wait_ready
+from _procs import BenchError, Children, finish, start_upstream, start_veil
 
 HERE = Path(__file__).resolve().parent
 MAX_MEMORY_GROWTH = 0.10
@@ -70,14 +70,8 @@ def main() -> int:
     key = secrets.token_hex(20)
     with tempfile.TemporaryDirectory() as tmp_name, Children() as children:
         tmp = Path(tmp_name)
-        upstream = children.spawn(
-            [sys.executable, str(HERE / "_upstream.py")], log=tmp / "upstream.log", stdout_pipe=True
-        )
-        assert upstream.stdout is not None
-        up_port = int(upstream.stdout.readline().decode().strip())
-        wait_ready(upstream, up_port, "/health", 10.0, tmp / "upstream.log")
-        config = tmp / "veil.yaml"
-        config.write_text(
+        _, up_port = start_upstream(children, tmp)
+        config = (
             "providers:\n"
             "  - {name: upstream, type: openai_compatible, tier: private,"
             f' base_url: "http://127.0.0.1:{up_port}/v1", max_connections: 512}}\n'
@@ -85,22 +79,7 @@ def main() -> int:
             "  - {name: bench-model, deployments: [{provider: upstream, model: bench-model}],"
             " price: {input: 1, output: 2}}\n"
         )
-        port = free_port()
-        home = tmp / "home"
-        home.mkdir()
-        veil = children.spawn(
-            [
-                str(Path(sys.executable).parent / "veil"),
-                "serve",
-                "--config",
-                str(config),
-                "--port",
-                str(port),
-            ],
-            env={**os.environ, "VEIL_HOME": str(home), "VEIL_ADMIN_KEY": key},
-            log=tmp / "veil.log",
-        )
-        wait_ready(veil, port, "/readyz", 120.0, tmp / "veil.log")
+        veil, port = start_veil(children, tmp, "veil", config, key)
         before = {"rss_mb": rss_mb(veil.pid), "fds": open_fds(veil.pid)}
         results["before"] = before
         print(f"Veil pid {veil.pid}: {before['rss_mb']:.1f} MB resident, {before['fds']} fds open")

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from _device import PROMPT, Run, bundled_model, veil_stream
-from _procs import BenchError, Children, finish, free_port, wait_ready
+from _procs import BenchError, Children, finish, start_upstream, start_veil
 
 HERE = Path(__file__).resolve().parent
 CONCURRENCY = (1, 32)
@@ -182,36 +182,12 @@ class _Bench:
         return rows
 
     def _start_upstream(self) -> Server:
-        proc = self.children.spawn(
-            [sys.executable, str(HERE / "_upstream.py")],
-            log=self.tmp / "upstream.log",
-            stdout_pipe=True,
-        )
-        assert proc.stdout is not None
-        line = proc.stdout.readline().decode().strip()
-        if not line.isdigit():
-            raise BenchError(f"the upstream did not start; see {self.tmp / 'upstream.log'}")
-        port = int(line)
-        wait_ready(proc, port, "/health", 10.0, self.tmp / "upstream.log")
+        proc, port = start_upstream(self.children, self.tmp)
         return Server("direct", port, proc)
 
     def _start_veil(self, name: str, config: Path | None) -> Server:
-        exe = Path(sys.executable).parent / "veil"
-        if not exe.exists():
-            raise BenchError(f"{exe} does not exist: install the project (pip install -e .)")
-        home = self.tmp / f"home-{name}"
-        home.mkdir(exist_ok=True)
-        port = free_port()
-        cmd = [str(exe), "serve", "--host", "127.0.0.1", "--port", str(port)]
-        if config is not None:
-            cmd[2:2] = ["--config", str(config)]
-        env = {**os.environ, "VEIL_HOME": str(home), "VEIL_ADMIN_KEY": self.key}
-        log = self.tmp / f"{name}.log"
-        proc = self.children.spawn(cmd, env=env, log=log)
-        try:
-            wait_ready(proc, port, "/readyz", READY_TIMEOUT, log)
-        except BenchError as exc:
-            raise BenchError(f"`{' '.join(cmd)}` {exc}") from None
+        text = config.read_text() if config is not None else None
+        proc, port = start_veil(self.children, self.tmp, name, text, self.key)
         return Server(name, port, proc, {"authorization": f"Bearer {self.key}"})
 
     def _load(

@@ -652,28 +652,47 @@ class Pipeline:
     ) -> None:
         """The request's end: its usage record; with tracing on, its last stage and the end
         of its span."""
-        with self._stage(ctx, "veil.meter"):
-            self._write_record(ctx, request, route, outbound, usage, status, code, policy, seconds)
-        span = ctx.span
-        if span is not None:
-            ctx.span = None
-            outcome(span, status, code)
-            attributes: dict[str, Any] = {
-                "veil.stream": bool(request and request.stream),
-                "veil.attempts": ctx.attempts,
-                "veil.prompt_tokens": usage.prompt_tokens,
-                "veil.completion_tokens": usage.completion_tokens,
-            }
-            if route is not None:
-                attributes.update(_upstream_attributes(ctx, route))
-                del attributes["veil.attempt"]
-            if outbound is not None and outbound.redactions:
-                attributes["veil.redactions"] = sum(outbound.redactions.values())
-            span.set_attributes(attributes)
-            span.end()
+        if self._recorder is not None:
+            with self._stage(ctx, "veil.meter"):
+                if seconds is None:
+                    seconds = time.perf_counter() - ctx.started
+                record = ctx.record
+                if (
+                    record is not None
+                    and route is not None
+                    and record.provider == route.deployment.provider.name
+                    and record.model == route.model.name
+                ):
+                    # The record journaled at dispatch (already written out): fill in how it ended.
+                    record.prompt_tokens = usage.prompt_tokens
+                    record.completion_tokens = usage.completion_tokens
+                    record.token_method = usage.method
+                    record.latency_ms = round(seconds * 1000, 3)
+                    record.status = status
+                    record.error_code = code
+                    record.attempts = ctx.attempts
+                    record.served_by = ctx.served_by
+                    record.moderation = ctx.moderation[:256] if ctx.moderation else None
+                    if self._tariff is not None:
+                        record.billed, record.cost = self._tariff.charge(
+                            record.tenant,
+                            record.model,
+                            usage.prompt_tokens,
+                            usage.completion_tokens,
+                        )
+                else:
+                    record = self._usage_record(
+                        ctx, request, route, outbound, usage, status, code, policy, seconds
+                    )
+                self._recorder.record(record)
+                if ctx.scopes and self._limiter is not None:
+                    tokens = usage.prompt_tokens + usage.completion_tokens
+                    self._limiter.used(ctx.scopes, tokens, record.billed)
+        if ctx.span is not None:
+            self._end_span(ctx, request, route, outbound, usage, status, code)
 
-    def _write_record(
-        self,
+    @staticmethod
+    def _end_span(
         ctx: RequestContext,
         request: ChatRequest | None,
         route: Route | None,
@@ -681,42 +700,24 @@ class Pipeline:
         usage: Usage,
         status: int,
         code: str | None,
-        policy: str | None,
-        seconds: float | None,
     ) -> None:
-        if self._recorder is None:
-            return
-        if seconds is None:
-            seconds = time.perf_counter() - ctx.started
-        record = ctx.record
-        if (
-            record is not None
-            and route is not None
-            and record.provider == route.deployment.provider.name
-            and record.model == route.model.name
-        ):
-            # The record journaled at dispatch (already written out): fill in how it ended.
-            record.prompt_tokens = usage.prompt_tokens
-            record.completion_tokens = usage.completion_tokens
-            record.token_method = usage.method
-            record.latency_ms = round(seconds * 1000, 3)
-            record.status = status
-            record.error_code = code
-            record.attempts = ctx.attempts
-            record.served_by = ctx.served_by
-            record.moderation = ctx.moderation[:256] if ctx.moderation else None
-            if self._tariff is not None:
-                record.billed, record.cost = self._tariff.charge(
-                    record.tenant, record.model, usage.prompt_tokens, usage.completion_tokens
-                )
-        else:
-            record = self._usage_record(
-                ctx, request, route, outbound, usage, status, code, policy, seconds
-            )
-        self._recorder.record(record)
-        if ctx.scopes and self._limiter is not None:
-            tokens = usage.prompt_tokens + usage.completion_tokens
-            self._limiter.used(ctx.scopes, tokens, record.billed)
+        span = ctx.span
+        assert span is not None
+        ctx.span = None
+        outcome(span, status, code)
+        attributes: dict[str, Any] = {
+            "veil.stream": bool(request and request.stream),
+            "veil.attempts": ctx.attempts,
+            "veil.prompt_tokens": usage.prompt_tokens,
+            "veil.completion_tokens": usage.completion_tokens,
+        }
+        if route is not None:
+            attributes.update(_upstream_attributes(ctx, route))
+            del attributes["veil.attempt"]
+        if outbound is not None and outbound.redactions:
+            attributes["veil.redactions"] = sum(outbound.redactions.values())
+        span.set_attributes(attributes)
+        span.end()
 
     def _usage_record(
         self,

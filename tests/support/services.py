@@ -173,8 +173,13 @@ class _Service:
             self.watchdog.stdin.close()
             self.watchdog = None
         if self.process is not None:
-            self.process.send_signal(self.stop_signal)
-            self.process.wait(10)
+            if self.process.poll() is None:
+                self.process.send_signal(self.stop_signal)
+                try:
+                    self.process.wait(10)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait(10)
             self.process = None
         if self._log is not None:
             self._log.close()
@@ -187,24 +192,7 @@ class _Service:
             )
 
     def stop(self) -> None:
-        if self.watchdog is not None:
-            self.watchdog.kill()
-            self.watchdog.wait()
-            assert self.watchdog.stdin is not None
-            self.watchdog.stdin.close()
-            self.watchdog = None
-        if self.process is not None:
-            if self.process.poll() is None:
-                self.process.send_signal(self.stop_signal)
-                try:
-                    self.process.wait(10)
-                except subprocess.TimeoutExpired:
-                    self.process.kill()
-                    self.process.wait(10)
-            self.process = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        self.halt()
         shutil.rmtree(self.base, ignore_errors=True)
         atexit.unregister(self.stop)
 
