@@ -20,6 +20,8 @@
     openNodes: new Set(),
     report: null,        // the privacy report's query, once asked
     timer: null,
+    seq: 0,
+    bodies: {},          // view data → the JSON body last drawn (to redraw without a fetch)
   };
 
   const $ = (id) => document.getElementById(id);
@@ -52,6 +54,9 @@
   }
 
   const fmt = (n) => Number(n || 0).toLocaleString("en-US");
+  const plural = (n, word) => `${fmt(n)} ${word}${Number(n) === 1 ? "" : "s"}`;
+  const clock = (d) => d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false });
+  const short = (hex) => (hex && hex.length > 20 ? `${hex.slice(0, 12)}…${hex.slice(-6)}` : hex);
 
   function bytes(n) {
     if (n < 1024) return `${fmt(n)} B`;
@@ -75,7 +80,8 @@
           cell.append(value instanceof Node ? value : document.createTextNode(value === null || value === undefined ? "—" : String(value)));
           return cell;
         })));
-    return el("table", {}, el("thead", {}, head), el("tbody", {}, body));
+    // The wrapper scrolls sideways on a narrow screen instead of widening the page.
+    return el("div", { class: "table-wrap" }, el("table", {}, el("thead", {}, head), el("tbody", {}, body)));
   }
 
   function tiles(container, items) {
@@ -92,11 +98,15 @@
 
   // ------------------------------------------------------------------ charts
 
+  // Charts are drawn at their box's width (one SVG unit per CSS pixel), so their labels stay
+  // readable on a phone; a hidden box is drawn again when its view is shown.
+  const widthOf = (figure) => Math.max(300, Math.min(1600, (figure.clientWidth || 920) - 22));
+
   function stackedChart(figure, series, window) {
     const buckets = (series.device || []).length;
     const totals = Array.from({ length: buckets }, (_, i) => TIERS.reduce((s, t) => s + ((series[t] || [])[i] || 0), 0));
     const max = Math.max(1, ...totals);
-    const W = 900, H = 220, left = 40, bottom = 24, top = 8;
+    const W = widthOf(figure), H = 220, left = 40, bottom = 24, top = 8;
     const width = (W - left - 8) / Math.max(1, buckets);
     const scale = (H - top - bottom) / max;
     const shapes = [];
@@ -113,7 +123,7 @@
     }
     const start = new Date(window.start), end = new Date(window.end);
     const label = (d) => (window.name === "1h" || window.name === "24h")
-      ? d.toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit" })
+      ? d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", hour12: false })
       : d.toLocaleDateString(undefined, { month: "short", day: "numeric" });
     const mid = new Date((start.getTime() + end.getTime()) / 2);
     const axis = [
@@ -134,9 +144,10 @@
   function barChart(figure, rows, label, value, describe, cls) {
     if (!rows.length) { figure.replaceChildren(el("p", { class: "empty", text: "Nothing in this window." })); return; }
     const max = Math.max(1, ...rows.map(value));
-    const W = 900, row = 26, left = 180, H = rows.length * row + 8;
+    const W = widthOf(figure), row = 26, H = rows.length * row + 8;
+    const left = Math.min(180, Math.round(W * 0.28)), room = Math.min(240, Math.round(W * 0.4));
     const parts = rows.map((r, i) => {
-      const w = Math.max(2, (value(r) / max) * (W - left - 220));
+      const w = Math.max(2, (value(r) / max) * (W - left - room));
       return [
         svg("text", { x: left - 8, y: i * row + 18, "text-anchor": "end", text: label(r) }),
         svg("rect", { x: left, y: i * row + 6, width: w, height: 16, rx: 3, class: cls(r) }),
@@ -145,6 +156,31 @@
     });
     const summary = rows.map((r) => `${label(r)}: ${describe(r)}`).join("; ");
     figure.replaceChildren(svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": summary }, parts));
+  }
+
+  // Latency: p50, p90 and p99 of each tier as three bars on one scale.
+  function latencyChart(figure, rows) {
+    if (!rows.length) { figure.replaceChildren(el("p", { class: "empty", text: "Nothing in this window." })); return; }
+    const Q = [["p50", "p50_ms"], ["p90", "p90_ms"], ["p99", "p99_ms"]];
+    const max = Math.max(0.001, ...rows.map((r) => r.p99_ms));
+    const W = widthOf(figure), row = 17, group = Q.length * row + 14;
+    const left = Math.min(150, Math.round(W * 0.3)), room = 90, H = rows.length * group;
+    const parts = rows.map((r, g) => Q.map(([q, field], i) => {
+      const y = g * group + i * row + 4, w = Math.max(2, (r[field] / max) * (W - left - room));
+      return [
+        i === 0 ? svg("text", { x: 0, y: y + 11, class: "strong", text: TIER_NAMES[r.tier] || r.tier }) : null,
+        svg("text", { x: left - 8, y: y + 11, "text-anchor": "end", text: q }),
+        svg("rect", { x: left, y, width: w, height: 13, rx: 2, class: `fill-${r.tier} q-${q}` }),
+        svg("text", { x: left + w + 6, y: y + 11, text: `${ms(r[field])}` }),
+      ];
+    }));
+    const summary = rows.map((r) => `${TIER_NAMES[r.tier] || r.tier}: ${Q.map(([q, f]) => `${q} ${ms(r[f])}`).join(", ")}`).join("; ");
+    figure.replaceChildren(svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": `Latency by tier. ${summary}` }, parts));
+  }
+
+  function ms(value) {
+    const v = Number(value);
+    return `${v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2)} ms`;
   }
 
   // ------------------------------------------------------------------ API
@@ -196,13 +232,14 @@
       { title: "Requests", num: true, value: (m) => el("span", {}, bar(m.requests, maxModel, `fill-${m.tier}`), fmt(m.requests)) },
       { title: "Errors", num: true, value: (m) => fmt(m.errors) },
     ], o.by_model, "No requests in this window.", (m) => `model-row-${m.model}`));
+    const maxCloud = Math.max(0, ...o.clouds.map((c) => c.requests));
     $("by-cloud").replaceChildren(table([
       { title: "Cloud", value: (c) => c.cloud },
-      { title: "Requests", num: true, value: (c) => fmt(c.requests) },
+      { title: "Requests", num: true, value: (c) => el("span", {}, bar(c.requests, maxCloud, "fill-partner"), fmt(c.requests)) },
     ], o.clouds, "No partner requests in this window.", (c) => `cloud-row-${c.cloud}`));
 
     barChart($("chart-partners"), o.partners.filter((p) => p.requests), (p) => p.partner, (p) => p.bytes_out,
-      (p) => `${fmt(p.requests)} requests, ${bytes(p.bytes_out)}`, () => "fill-partner");
+      (p) => `${plural(p.requests, "request")}, ${bytes(p.bytes_out)}`, () => "fill-partner");
     $("partners").replaceChildren(table([
       { title: "Partner", value: (p) => p.partner },
       { title: "Requests", num: true, value: (p) => fmt(p.requests) },
@@ -223,14 +260,13 @@
       { title: "Events", num: true, value: (m) => fmt(m.count) },
     ], o.moderation, "No moderation events in this window.", (m) => `moderation-row-${m.category}-${m.stage}-${m.action}`));
 
-    barChart($("chart-latency"), o.latency, (l) => `${TIER_NAMES[l.tier] || l.tier} p50`, (l) => l.p50_ms,
-      (l) => `p50 ${l.p50_ms} ms, p99 ${l.p99_ms} ms`, (l) => `fill-${l.tier}`);
+    latencyChart($("chart-latency"), o.latency);
     $("latency").replaceChildren(table([
       { title: "Tier", value: (l) => TIER_NAMES[l.tier] || l.tier },
       { title: "Requests", num: true, value: (l) => fmt(l.count) },
-      { title: "p50 (ms)", num: true, value: (l) => l.p50_ms },
-      { title: "p90 (ms)", num: true, value: (l) => l.p90_ms },
-      { title: "p99 (ms)", num: true, value: (l) => l.p99_ms },
+      { title: "p50 (ms)", num: true, value: (l) => l.p50_ms.toFixed(2) },
+      { title: "p90 (ms)", num: true, value: (l) => l.p90_ms.toFixed(2) },
+      { title: "p99 (ms)", num: true, value: (l) => l.p99_ms.toFixed(2) },
     ], o.latency, "No requests in this window.", (l) => `latency-row-${l.tier}`));
 
     const by = o.money.spend_by;
@@ -240,10 +276,12 @@
       { title: `Billed (${o.currency})`, num: true, value: (s) => s.billed },
       { title: `Cost (${o.currency})`, num: true, value: (s) => s.cost },
     ], o.money.spend, "Nothing billed in this window.", (s) => `spend-row-${s.name}`));
-    $("parties").replaceChildren(table([
-      { title: "Party", value: (p) => p.party },
-      { title: `Earned (${o.currency})`, num: true, value: (p) => p.earned },
-    ], o.money.parties, "No ledger lines in this window.", (p) => `party-row-${p.party}`));
+    $("parties").replaceChildren(o.tenant && state.session.admin
+      ? el("p", { class: "empty", text: "Revenue share is shown for all tenants together: pick \"All tenants\"." })
+      : table([
+        { title: "Party", value: (p) => p.party },
+        { title: `Earned (${o.currency})`, num: true, value: (p) => p.earned },
+      ], o.money.parties, "No ledger lines in this window.", (p) => `party-row-${p.party}`));
 
     if (o.breakers) {
       $("breakers").replaceChildren(table([
@@ -262,6 +300,7 @@
       if (current !== names.join("\n")) {
         select.replaceChildren(el("option", { value: "", text: "All tenants" }), ...names.map((n) => el("option", { value: n, text: n })));
         select.value = chosen;
+        $("tenant-names").replaceChildren(...names.map((n) => el("option", { value: n })));
       }
     }
     $("scope").textContent = o.tenant ? `Tenant ${o.tenant}` : "All tenants";
@@ -280,7 +319,9 @@
             el("strong", { text: n.url }),
             el("span", { class: `state state-${n.state}`, "data-testid": "node-summary-state", text: n.state }),
             el("span", { text: n.model ? `model ${n.model}` : "" }),
-            el("span", { text: n.release ? `release ${n.release.version}` : "" })),
+            el("span", { class: "mono", title: n.measurement || "", "data-testid": "node-summary-measurement", text: n.measurement ? short(n.measurement) : "no measurement" }),
+            el("span", { text: n.release ? `release ${n.release.version}` : "" }),
+            el("span", { class: "muted", text: n.expires_ms ? `expires ${when(new Date(n.expires_ms).toISOString())}` : "" })),
           el("dl", {},
             ...[
               ["State", n.state + (n.reason ? ` (${n.reason})` : "")],
@@ -297,9 +338,12 @@
       });
       return el("section", { "aria-label": `Provider ${pool.provider}` },
         el("h3", { text: pool.provider }),
-        el("p", { class: "loghead", "data-testid": "log-head" },
-          head ? `Transparency log: ${fmt(head.tree_size)} entries, root ${head.root_hash}, signed ${when(new Date(head.timestamp_ms).toISOString())}`
-            : "Transparency log: not read yet"),
+        head
+          ? el("dl", { class: "loghead", "data-testid": "log-head", "aria-label": "Transparency log head" },
+            el("div", {}, el("dt", { text: "Log tree size" }), el("dd", { "data-testid": "log-tree-size", text: fmt(head.tree_size) })),
+            el("div", {}, el("dt", { text: "Root hash" }), el("dd", { class: "mono", "data-testid": "log-root-hash", text: head.root_hash })),
+            el("div", {}, el("dt", { text: "Signed" }), el("dd", { text: when(new Date(head.timestamp_ms).toISOString()) })))
+          : el("p", { class: "empty", "data-testid": "log-head", text: "The transparency log has not been read yet." }),
         nodes);
     }));
   }
@@ -315,7 +359,7 @@
       ["privacy-bytes_out", "Bytes that left", bytes(s.bytes_out)],
     ]);
     $("privacy-table").replaceChildren(
-      el("p", { class: "lead", text: `${r.user} in ${r.tenant}: ${r.data.length} request(s) left the device since ${when(r.period.start)}.${r.has_more ? " Older ones are not shown." : ""}` }),
+      el("p", { class: "lead", text: `${r.user} in ${r.tenant}: ${plural(r.data.length, "request")} left the device since ${when(r.period.start)}.${r.has_more ? " Older ones are not shown." : ""}` }),
       table([
         { title: "When", value: (d) => when(d.at) },
         { title: "Tier", value: (d) => el("span", {}, el("span", { class: `swatch fill-${d.tier}` }), d.tier) },
@@ -339,24 +383,54 @@
 
   // ------------------------------------------------------------------ refresh
 
+  // A refresh replaces elements; keep the keyboard focus on the same (re-created) control.
+  function keepingFocus(render) {
+    const active = document.activeElement;
+    const owner = active && active !== document.body ? active.closest("[data-testid]") : null;
+    const inSummary = active && active.tagName === "SUMMARY";
+    render();
+    if (!owner || active.isConnected) return;
+    const again = document.querySelector(`[data-testid="${CSS.escape(owner.dataset.testid)}"]`);
+    const target = again && (inSummary ? again.querySelector("summary") : again);
+    if (target) target.focus({ preventScroll: true });
+  }
+
+  function apply(name, result, render) {
+    if (state.last[name] === result.text) return;
+    state.last[name] = result.text;
+    state.bodies[name] = result.body;
+    keepingFocus(() => render(result.body));
+  }
+
+  function source(view) {
+    if (view === "nodes") return ["nodes", renderNodes];
+    if (view === "privacy") return ["privacy", renderReport];
+    return ["overview", renderOverview];
+  }
+
+  function redraw() {
+    const [name, render] = source(state.view);
+    if (state.session && state.bodies[name]) keepingFocus(() => render(state.bodies[name]));
+  }
+
+  function forget() {
+    state.last = {};
+    state.bodies = {};
+  }
+
   async function refresh() {
     const view = state.view;
+    const seq = ++state.seq;  // only the newest answer is drawn (the scope may have changed)
     try {
+      const [name, render] = source(view);
       let result = null;
-      if (view === "nodes") {
-        result = await api("/dashboard/api/nodes");
-        if (state.last.nodes !== result.text) { state.last.nodes = result.text; renderNodes(result.body); }
-      } else if (view === "privacy") {
-        if (state.report) {
-          result = await api("/v1/privacy/report", state.report);
-          if (state.last.privacy !== result.text) { state.last.privacy = result.text; renderReport(result.body); }
-        }
-      } else {
-        result = await api("/dashboard/api/overview", scopeParams());
-        if (state.last.overview !== result.text) { state.last.overview = result.text; renderOverview(result.body); }
-      }
+      if (name === "nodes") result = await api("/dashboard/api/nodes");
+      else if (name === "overview") result = await api("/dashboard/api/overview", scopeParams());
+      else if (state.report) result = await api("/v1/privacy/report", state.report);
+      if (seq !== state.seq || !state.session) return;
+      if (result) apply(name, result, render);
       $("load-error").hidden = true;
-      if (result) $("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
+      if (result) $("updated").textContent = `updated ${clock(new Date())}`;
     } catch (error) {
       if (error instanceof Unauthorized) { logout("Your key is no longer accepted."); return; }
       $("load-error").textContent = `Could not load: ${error.message}`;
@@ -370,7 +444,7 @@
     state.timer = setTimeout(async () => { await refresh(); schedule(); }, every);
   }
 
-  function show(view) {
+  function show(view, focus) {
     if (!VIEWS.includes(view) || (view === "breakers" && !state.session.admin)) view = "overview";
     state.view = view;
     for (const name of VIEWS) $(`view-${name}`).hidden = name !== view;
@@ -378,6 +452,13 @@
       if (a.dataset.view === view) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
     }
     $("controls").hidden = view === "nodes" || view === "privacy";
+    // Moving focus to the view's heading tells a screen reader the view changed, and the
+    // next Tab goes into the view.
+    if (view === "privacy" && state.session.admin && !$("privacy-tenant").value) {
+      $("privacy-tenant").value = $("tenant-filter").value;
+    }
+    if (focus) $(`h-${view}`).focus();
+    redraw();
     refresh();
     schedule();
   }
@@ -401,7 +482,7 @@
     $("who-label").textContent = s.admin ? "Admin" : s.user ? `${s.user} (tenant ${s.tenant})` : `Tenant ${s.tenant}`;
     for (const node of document.querySelectorAll("[data-admin]")) node.hidden = !s.admin;
     $("privacy-user-field").hidden = Boolean(s.user);
-    state.last = {};
+    forget();
     state.report = s.user && !s.admin ? {} : null;
     show((location.hash || "#overview").slice(1));
     return true;
@@ -423,7 +504,7 @@
     sessionStorage.removeItem(KEY);
     state.key = null;
     state.session = null;
-    state.last = {};
+    forget();
     state.report = null;
     showLogin(message || null);
   }
@@ -435,16 +516,20 @@
       if (!key) { showLogin("Enter an API key."); return; }
       state.key = key;
       sessionStorage.setItem(KEY, key);
-      if (!(await start())) showLogin("That key was not accepted.");
+      if (await start()) $(`h-${state.view}`).focus();
+      else showLogin("That key was not accepted.");
     });
     $("logout").addEventListener("click", () => logout());
-    $("window").addEventListener("change", () => { state.last = {}; refresh(); schedule(); });
-    $("tenant-filter").addEventListener("change", () => { state.last = {}; refresh(); });
-    window.addEventListener("hashchange", () => state.session && show(location.hash.slice(1)));
+    $("window").addEventListener("change", () => { forget(); refresh(); schedule(); });
+    $("tenant-filter").addEventListener("change", () => { forget(); refresh(); });
+    let resizing = null;
+    window.addEventListener("resize", () => { clearTimeout(resizing); resizing = setTimeout(redraw, 150); });
+    window.addEventListener("hashchange", () => state.session && show(location.hash.slice(1), true));
     $("privacy-form").addEventListener("submit", (event) => {
       event.preventDefault();
       state.report = reportParams();
       state.last.privacy = null;
+      delete state.bodies.privacy;
       refresh();
     });
     $("export-json").addEventListener("click", async () => {
