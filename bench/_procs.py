@@ -223,3 +223,23 @@ def start_veil(
     except BenchError as exc:
         raise BenchError(f"`{' '.join(cmd)}` {exc}") from None
     return proc, port
+
+
+def run_load(children: Children, tmp: Path, spec: dict[str, Any]) -> dict[str, Any]:
+    """One run of the load generator (``_load.py``) with ``spec``; its figures."""
+    log = tmp / "load.log"
+    proc = children.spawn(
+        [sys.executable, str(Path(__file__).with_name("_load.py")), json.dumps(spec)],
+        log=log,
+        stdout_pipe=True,
+    )
+    try:
+        out, _ = proc.communicate(timeout=spec["warmup"] + spec["duration"] + 60)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"the load generator did not finish; see {log}") from None
+    finally:
+        children.stop(proc)
+    if proc.returncode != 0 or not out.strip():
+        raise BenchError(f"the load generator failed:\n{log.read_text()[-2000:]}")
+    figures: dict[str, Any] = json.loads(out)
+    return figures

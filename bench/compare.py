@@ -45,7 +45,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _procs import BenchError, Children, finish, free_port, start_upstream, start_veil, wait_ready
+from _procs import (
+    BenchError,
+    Children,
+    finish,
+    free_port,
+    run_load,
+    start_upstream,
+    start_veil,
+    wait_ready,
+)
 
 HERE = Path(__file__).resolve().parent
 TOOLS = HERE / ".tools"
@@ -176,16 +185,7 @@ class Run:
             "duration": self.duration,
             "watch": {target.name: target.proc.pid} if target.proc else {},
         }
-        proc = self.children.spawn(
-            [sys.executable, str(HERE / "_load.py"), json.dumps(spec)],
-            log=self.tmp / "load.log",
-            stdout_pipe=True,
-        )
-        out, _ = proc.communicate(timeout=WARMUP + self.duration + 60)
-        if proc.returncode != 0 or not out.strip():
-            raise BenchError(f"the load generator failed against {target.name}")
-        figures: dict[str, Any] = json.loads(out)
-        return figures
+        return run_load(self.children, self.tmp, spec)
 
 
 def main() -> int:

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from _device import PROMPT, Run, bundled_model, veil_stream
-from _procs import BenchError, Children, finish, start_upstream, start_veil
+from _procs import BenchError, Children, finish, run_load, start_upstream, start_veil
 
 HERE = Path(__file__).resolve().parent
 CONCURRENCY = (1, 32)
@@ -207,22 +207,7 @@ class _Bench:
             "duration": self.duration,
             "watch": {"upstream" if s.name == "direct" else s.name: s.proc.pid for s in watch},
         }
-        log = self.tmp / "load.log"
-        proc = self.children.spawn(
-            [sys.executable, str(HERE / "_load.py"), json.dumps(spec)],
-            log=log,
-            stdout_pipe=True,
-        )
-        try:
-            out, _ = proc.communicate(timeout=WARMUP_SECONDS + self.duration + 30)
-        except subprocess.TimeoutExpired:
-            raise BenchError(f"the load generator did not finish; see {log}") from None
-        finally:
-            self.children.stop(proc)
-        if proc.returncode != 0 or not out.strip():
-            raise BenchError(f"the load generator failed:\n{log.read_text()[-2000:]}")
-        figures: dict[str, Any] = json.loads(out)
-        return figures
+        return run_load(self.children, self.tmp, spec)
 
     # ------------------------------------------------------------ part 2: metering
 
