@@ -292,3 +292,20 @@ def test_keyboard_and_labels(page: Page, stack: Stack) -> None:
     updated = page.locator("#updated").inner_text()
     expect(page.locator("#updated")).not_to_have_text(updated, timeout=SEEN)
     expect(node.locator("summary")).to_be_focused()
+
+
+def test_a_phone_sized_screen_never_scrolls_sideways(page: Page, stack: Stack) -> None:
+    page.set_viewport_size({"width": 390, "height": 800})
+    login(page, stack, ADMIN_KEY)
+    views = {
+        "Overview": "#by-model table",
+        "What left the device": "#partners table",
+        "Latency": "#latency table",
+        "Private nodes": "[data-testid=node-row-0]",
+    }
+    for view, drawn in views.items():
+        page.get_by_role("link", name=view, exact=True).click()
+        expect(page.locator(".view:not([hidden]) h2")).to_have_text(view)
+        expect(page.locator(drawn)).to_be_visible(timeout=SEEN)
+        # Wide tables scroll inside their own box; the page itself stays 390 px wide.
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390, view
