@@ -65,14 +65,14 @@ def test_held_out_recall_and_false_positive_rate_do_not_regress() -> None:
     report = evaluate(default_moderator(), held)
     assert report.n_unsafe >= 100
     assert report.n_safe >= 50
-    # Measured 0.747 and 0.023 (docs/benchmarks.md); the bounds guard against regressions.
+    # Measured 0.778 and 0.028 (docs/benchmarks.md); the bounds guard against regressions.
     assert report.recall >= 0.70, f"recall {report.recall:.3f} on {report.n_unsafe}"
     assert report.fpr <= 0.05, f"false-positive rate {report.fpr:.3f} on {report.n_safe}"
 
 
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 7's target (recall 0.85 at FPR 0.05) is not met: held-out recall is 0.75 "
+    reason="issue 7's target (recall 0.85 at FPR 0.05) is not met: held-out recall is 0.78 "
     "(docs/benchmarks.md says why); when it passes, make this a plain test",
 )
 def test_held_out_recall_and_false_positive_rate_meet_the_target() -> None:
